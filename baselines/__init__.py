@@ -1,0 +1,1 @@
+"""Baseline rerankers (registered under their slugs). Filled in by the baseline issues."""
