@@ -1,0 +1,164 @@
+"""Layered configuration: dataclass defaults < ``configs/<dataset>.toml`` < ``--set key=value``.
+
+This module holds the data-protocol layer (``[data]``); the harness adds its own tables on top of
+the same mechanism. Values of ``--set`` are parsed as TOML values (never ``eval``), unknown keys
+and ill-typed values are errors naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from benchmark.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+FillPolicy = Literal["topk", "random", "score_matched"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The paper's protocol (protocol.md §3–§7). Every field is part of the list-cache key."""
+
+    k_core: int | None = None
+    """Iterative k-core threshold; None = the source layout's default (20 for the official
+    releases, as in the paper; 10 for the shared KuaiRand window and Amazon sample)."""
+    label: str | None = None
+    """Binary label rule: ``rating>=N`` (ML, Amazon) or a KuaiRand signal column such as
+    ``is_click``/``long_view``; None = the dataset default (protocol.md §3.2)."""
+    dedup: bool = True
+    """Keep only the earliest interaction of each (user, item) pair (protocol.md §3.1)."""
+    max_users: int | None = None
+    """Keep a seeded random subset of this many users before the k-core filter (scaling runs)."""
+    list_size: int = 6
+    """Exposed items per request (the window length, and the cut-off k of the metrics)."""
+    history_len: int = 50
+    n_candidates: int = 50
+    fill: FillPolicy = "topk"
+    """How the non-exposed candidates are chosen (protocol.md §6.2)."""
+    n_folds: int = 5
+    """Cross-fitting folds for the retriever scores of train requests (protocol.md §5.3)."""
+    data_seed: int = 0
+    """Seeds folds, MF initialisation, negative sampling and random fillers (never the rerankers)."""
+    mf_dim: int = 128
+    mf_lr: float = 1e-3
+    mf_weight_decay: float = 0.0
+    mf_batch_size: int = 2048
+    """Positive interactions per MF step; each brings ``mf_negatives`` sampled negatives."""
+    mf_negatives: int = 4
+    mf_observed_negatives: bool = True
+    """Use observed label-0 interactions as extra MF negatives (protocol.md §7)."""
+    mf_holdout: float = 0.2
+    """Chronological per-user share of the retriever data held out for early stopping and AUC."""
+    mf_max_epochs: int = 100
+    mf_patience: int = 5
+
+    def validate(self) -> "DataConfig":
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"data.{key}: {why}")
+
+        if self.k_core is not None and self.k_core < 1:
+            raise bad("k_core", "must be >= 1")
+        if self.max_users is not None and self.max_users < 1:
+            raise bad("max_users", "must be >= 1")
+        if self.list_size < 1:
+            raise bad("list_size", "must be >= 1")
+        if self.n_candidates <= self.list_size:
+            raise bad("n_candidates", f"must exceed list_size ({self.list_size})")
+        if self.history_len < 1:
+            raise bad("history_len", "must be >= 1")
+        if self.fill not in typing.get_args(FillPolicy):
+            raise bad("fill", f"must be one of {typing.get_args(FillPolicy)}, got {self.fill!r}")
+        if self.n_folds < 2:
+            raise bad("n_folds", "must be >= 2")
+        if not 0.0 < self.mf_holdout < 1.0:
+            raise bad("mf_holdout", "must be in (0, 1)")
+        for key in ("mf_dim", "mf_batch_size", "mf_max_epochs", "mf_patience", "mf_negatives"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be >= 1")
+        if self.mf_lr <= 0:
+            raise bad("mf_lr", "must be > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` fits a field annotation (int for float is fine; bool is never an int)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _apply(cls: type, base: Any, values: dict[str, Any], where: str) -> Any:
+    """``base`` with ``values`` applied; unknown keys and ill-typed values name the key."""
+    hints = typing.get_type_hints(cls)
+    coerced = {}
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, sorted(hints), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{where}: unknown setting {key!r}{hint}")
+        if not _accepts(hints[key], value):
+            raise ConfigError(f"{where}: {key} = {value!r} does not fit type {hints[key]}")
+        is_float = hints[key] is float or float in typing.get_args(hints[key])
+        coerced[key] = float(value) if is_float and isinstance(value, int) else value
+    return dataclasses.replace(base, **coerced)
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["data.k_core=10", "data.fill='random'"]`` -> ``{"data": {"k_core": 10, "fill": "random"}}``.
+
+    Values are TOML values; a bare word that is not valid TOML is taken as a string."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if "." not in key:
+            raise ConfigError(f"--set {item!r}: key must be section.name, e.g. data.k_core")
+        section, name = key.split(".", 1)
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def dataset_config_file(dataset: str) -> Path:
+    return CONFIG_DIR / f"{dataset}.toml"
+
+
+def load_data_config(dataset: str, overrides: dict[str, Any] | None = None) -> DataConfig:
+    """Resolve the data protocol for ``dataset``: defaults < its TOML ``[data]`` < overrides."""
+    cfg = DataConfig()
+    path = dataset_config_file(dataset)
+    if path.exists():
+        with path.open("rb") as fh:
+            table = tomllib.load(fh).get("data", {})
+        cfg = _apply(DataConfig, cfg, table, str(path))
+    if overrides:
+        cfg = _apply(DataConfig, cfg, overrides, "--set data")
+    return cfg.validate()

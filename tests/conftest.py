@@ -1,0 +1,32 @@
+"""Shared fixtures: the real datasets beside the checkout and a small, fast protocol setting."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DNR_BENCH_TEST_DATA", ROOT.parent / "shared" / "datasets"))
+
+# A real subset that builds in about a second: 150 ml-100k users, 5-core, a tiny short MF.
+SMALL = {"max_users": 150, "k_core": 5, "mf_dim": 16, "mf_max_epochs": 3, "mf_patience": 2}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """Tests never read the user's data/cache folders from the environment."""
+    monkeypatch.delenv("DNR_BENCH_DATA", raising=False)
+    monkeypatch.setenv("DNR_BENCH_CACHE", str(tmp_path / "default-cache"))
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real dataset file {path} not present")
+    return path
