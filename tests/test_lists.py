@@ -85,11 +85,11 @@ def test_fillers_exclude_full_history(tmp_path):
         assert not np.allclose(logits, other_logits)
 
     # each fold model is trained without the rows of its own fold's windows, never on val/test rows
-    eval_rows = protocol.gather_rows(data, req.start[req.split != TRAIN], np.arange(6)).ravel()
+    eval_rows = protocol.gather_rows(req.start[req.split != TRAIN], np.arange(6)).ravel()
     for task in retriever.cross_fit_tasks(rows, cfg.n_folds):
         assert not task.train[eval_rows].any() and not task.holdout[eval_rows].any()
         if task.seed < cfg.n_folds:
-            fold_rows = protocol.gather_rows(data, req.start[req.fold == task.seed], np.arange(6)).ravel()
+            fold_rows = protocol.gather_rows(req.start[req.fold == task.seed], np.arange(6)).ravel()
             assert not task.train[fold_rows].any() and not task.holdout[fold_rows].any()
 
 

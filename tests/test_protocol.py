@@ -112,7 +112,7 @@ def test_retriever_rows_never_touch_val_or_test_windows():
     data = protocol.to_interactions(protocol.deduplicate(frame))
     req = protocol.make_requests(data, 6, 5, 0)
     rows = protocol.retriever_rows(data, req, 6, holdout=0.2)
-    eval_rows = protocol.gather_rows(data, req.start[req.split != TRAIN], np.arange(6)).ravel()
+    eval_rows = protocol.gather_rows(req.start[req.split != TRAIN], np.arange(6)).ravel()
     assert not rows.train[eval_rows].any() and not rows.holdout[eval_rows].any()
     assert not (rows.train & rows.holdout).any()
     for u in range(data.n_users):
@@ -121,5 +121,5 @@ def test_retriever_rows_never_touch_val_or_test_windows():
         if len(t) and len(h):
             assert t.max() < h.min()  # the hold-out is the chronological tail
     # every row of a fold-k train window carries fold k, so fold model k can exclude exactly them
-    train_rows = protocol.gather_rows(data, req.start[req.split == TRAIN], np.arange(6))
+    train_rows = protocol.gather_rows(req.start[req.split == TRAIN], np.arange(6))
     assert (rows.fold[train_rows] == req.fold[req.split == TRAIN][:, None]).all()

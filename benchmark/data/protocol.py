@@ -149,7 +149,7 @@ def make_requests(data: Interactions, size: int, n_folds: int, seed: int) -> Req
     return Requests(user=user, start=start.astype(np.int64), window=window, split=split, fold=fold)
 
 
-def gather_rows(data: Interactions, start: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def gather_rows(start: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Global row indices ``start[:, None] + offsets`` (offsets may be negative)."""
     return start[:, None] + offsets[None, :]
 
@@ -157,7 +157,7 @@ def gather_rows(data: Interactions, start: np.ndarray, offsets: np.ndarray) -> n
 def histories(data: Interactions, req: Requests, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The last ``length`` items before each window (left-padded with item 0), their labels and
     the true history length. History is strictly before the window (§4.1)."""
-    rows = gather_rows(data, req.start, np.arange(-length, 0))
+    rows = gather_rows(req.start, np.arange(-length, 0))
     valid = rows >= data.user_ptr[req.user][:, None]
     rows = np.where(valid, rows, 0)
     items = np.where(valid, data.item[rows], 0).astype(np.int32)
@@ -166,7 +166,7 @@ def histories(data: Interactions, req: Requests, length: int) -> tuple[np.ndarra
 
 
 def exposed(data: Interactions, req: Requests, size: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = gather_rows(data, req.start, np.arange(size))
+    rows = gather_rows(req.start, np.arange(size))
     return data.item[rows], data.label[rows]
 
 
@@ -198,6 +198,6 @@ def retriever_rows(data: Interactions, req: Requests, size: int, holdout: float)
     held = eligible & (pos_in_user >= (n_elig - n_hold)[row_user])
     fold = np.full(n, -1, dtype=np.int8)
     train_windows = req.split == TRAIN
-    rows = gather_rows(data, req.start[train_windows], np.arange(size))
+    rows = gather_rows(req.start[train_windows], np.arange(size))
     fold[rows.ravel()] = np.repeat(req.fold[train_windows], size)
     return RetrieverRows(train=eligible & ~held, holdout=held, fold=fold)

@@ -94,9 +94,6 @@ class ResolvedFiles:
     origin: str
     """``data-dir``, ``cache``, ``bundled`` or ``download``."""
 
-    def checksums(self) -> dict[str, str]:
-        return {p.name: file_sha256(p) for p in self.paths}
-
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
