@@ -48,6 +48,9 @@ class DataConfig:
     data_seed: int = 0
     """Seeds folds, MF initialisation, negative sampling and random fillers (never the rerankers)."""
     mf_dim: int = 128
+    mf_init_std: float = 0.01
+    """Std of the normal initialisation of the MF embeddings (chosen on the retriever's own
+    hold-out AUC: 0.01 beat 1/sqrt(dim) and 0.3 on all four datasets)."""
     mf_lr: float = 1e-3
     mf_weight_decay: float = 0.0
     mf_batch_size: int = 2048
@@ -85,6 +88,8 @@ class DataConfig:
                 raise bad(key, "must be >= 1")
         if self.mf_lr <= 0:
             raise bad("mf_lr", "must be > 0")
+        if self.mf_init_std <= 0:
+            raise bad("mf_init_std", "must be > 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

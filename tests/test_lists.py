@@ -9,7 +9,7 @@ import torch
 
 from benchmark import metrics
 from benchmark.config import load_data_config
-from benchmark.data import lists as lists_mod
+from benchmark.data import candidates
 from benchmark.data import protocol, retriever, sources
 from benchmark.data.lists import build_candidate_lists
 from benchmark.data.protocol import TEST, TRAIN
@@ -67,7 +67,7 @@ def test_fillers_exclude_full_history(tmp_path):
     req = protocol.make_requests(data, 6, cfg.n_folds, cfg.data_seed)
     rows = protocol.retriever_rows(data, req, 6, cfg.mf_holdout)
     models, _ = retriever.fit_cross_fitted(data, rows, cfg, n_jobs=1, progress=False)
-    arrays = lists_mod.build_candidates(data, req, models, cfg, progress=False)
+    arrays = candidates.build_candidates(data, req, models, cfg, progress=False)
     for r in range(0, len(req), 7):
         before = user_prefix_items(data, req.user[r], req.start[r] + 6)
         fillers = set(arrays["items"][r][~arrays["exposed"][r]].tolist())

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 class MF(torch.nn.Module):
     """``logit(u, i) = <p_u, q_i> + b_i``; item code 0 is padding and never scored as a candidate."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator):
+    def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator, init_std: float = 0.01):
         super().__init__()
-        scale = dim ** -0.5
+        scale = init_std
         self.user = torch.nn.Parameter(torch.randn(n_users, dim, generator=generator) * scale)
         self.item = torch.nn.Parameter(torch.randn(n_items + 1, dim, generator=generator) * scale)
         self.bias = torch.nn.Parameter(torch.zeros(n_items + 1))
@@ -110,7 +110,8 @@ def fit_mf(data: Interactions, train: np.ndarray, holdout: np.ndarray, cfg: Data
     positives in ``holdout``, each paired with one unobserved item (protocol.md §7)."""
     started = time.perf_counter()
     rng = np.random.default_rng([cfg.data_seed, seed])
-    model = MF(data.n_users, data.n_items, cfg.mf_dim, torch.Generator().manual_seed(int(rng.integers(2**31))))
+    model = MF(data.n_users, data.n_items, cfg.mf_dim, torch.Generator().manual_seed(int(rng.integers(2**31))),
+               cfg.mf_init_std)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.mf_lr, weight_decay=cfg.mf_weight_decay, fused=True)
 
     rows = np.flatnonzero(train)
