@@ -1,8 +1,15 @@
-"""Layered configuration: dataclass defaults < ``configs/<dataset>.toml`` < ``--set key=value``.
+"""Layered configuration (architecture.md §1, issue "training harness").
 
-This module holds the data-protocol layer (``[data]``); the harness adds its own tables on top of
-the same mechanism. Values of ``--set`` are parsed as TOML values (never ``eval``), unknown keys
-and ill-typed values are errors naming the key.
+Each run resolves three tables, every layer overriding the one before:
+
+* ``data`` (the protocol): ``DataConfig`` defaults < ``configs/<dataset>.toml [data]`` < profile < ``--set data.KEY``;
+* ``train`` (the trainer): ``TrainConfig`` defaults < ``[train]`` < profile < ``--set train.KEY``;
+* model hyper-parameters: the class's keyword defaults < the slug's variant overrides <
+  ``[model]`` (applied to every method that accepts the key) < ``[methods.<slug>]`` < profile
+  ``model`` (where accepted) < ``--set model.KEY`` (where accepted) < ``--set <slug>.KEY``.
+
+Values of ``--set`` are parsed as TOML values (never ``eval``); unknown keys and ill-typed values
+are errors naming the key.
 """
 from __future__ import annotations
 
@@ -152,18 +159,172 @@ def parse_set_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The shared trainer's settings (paper App. D.2 Table 7 where it gives them)."""
+
+    batch_size: int = 2048
+    eval_batch_size: int = 4096
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 200
+    """Upper bound; the paper trains "until convergence", here early stopping decides."""
+    patience: int = 10
+    """Epochs without a better validation N@k before stopping."""
+    min_delta: float = 0.0
+    grad_clip: float = 5.0
+    """Max global gradient norm (0 = off)."""
+    deterministic: bool = True
+    max_train_requests: int | None = None
+    """Use only the first N train requests (smoke runs)."""
+
+    def validate(self) -> "TrainConfig":
+        for key in ("batch_size", "eval_batch_size", "max_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("train.lr: must be > 0")
+        if self.patience < 1:
+            raise ConfigError("train.patience: must be >= 1")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.min_delta < 0:
+            raise ConfigError("train.weight_decay, train.grad_clip and train.min_delta must be >= 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # the real configuration: defaults and the per-dataset TOML, nothing else
+    "paper": {},
+    # a tiny, fast configuration that exercises every code path (data subset, 2 epochs, and a
+    # DNR switch epoch of 1 so the learned generator runs too)
+    "smoke": {
+        "data": {"max_users": 150, "k_core": 5, "mf_dim": 16, "mf_max_epochs": 3, "mf_patience": 2},
+        "train": {"max_epochs": 2, "patience": 1, "batch_size": 256, "max_train_requests": 1024},
+        "model": {"switch_epoch": 1},
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run's result (its hash is the store's cache key)."""
+
+    dataset: str
+    method: str
+    profile: str
+    data: DataConfig
+    train: TrainConfig
+    model: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "method": self.method, "profile": self.profile,
+                "data": self.data.to_dict(), "train": self.train.to_dict(), "model": self.model}
+
+    def digest(self) -> str:
+        payload = {k: v for k, v in self.to_dict().items() if k != "profile"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def dataset_config_file(dataset: str) -> Path:
     return CONFIG_DIR / f"{dataset}.toml"
 
 
+def dataset_tables(dataset: str) -> dict[str, Any]:
+    path = dataset_config_file(dataset)
+    if not path.exists():
+        return {}
+    with path.open("rb") as fh:
+        tables = tomllib.load(fh)
+    unknown = set(tables) - {"data", "train", "model", "methods"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; use data, train, model, methods.<slug>")
+    return tables
+
+
 def load_data_config(dataset: str, overrides: dict[str, Any] | None = None) -> DataConfig:
     """Resolve the data protocol for ``dataset``: defaults < its TOML ``[data]`` < overrides."""
-    cfg = DataConfig()
-    path = dataset_config_file(dataset)
-    if path.exists():
-        with path.open("rb") as fh:
-            table = tomllib.load(fh).get("data", {})
-        cfg = _apply(DataConfig, cfg, table, str(path))
+    cfg = _apply(DataConfig, DataConfig(), dataset_tables(dataset).get("data", {}), str(dataset_config_file(dataset)))
     if overrides:
         cfg = _apply(DataConfig, cfg, overrides, "--set data")
     return cfg.validate()
+
+
+def _check_model_value(cls: type, key: str, value: Any, where: str) -> Any:
+    import inspect
+
+    annotation = inspect.signature(cls.__init__).parameters[key].annotation
+    hints = typing.get_type_hints(cls.__init__)
+    annotation = hints.get(key, annotation)
+    if annotation is not inspect.Parameter.empty and not _accepts(annotation, value):
+        raise ConfigError(f"{where}: {key} = {value!r} does not fit type {annotation}")
+    is_float = annotation is float or float in typing.get_args(annotation)
+    return float(value) if is_float and isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def resolve_run_config(dataset: str, method: str, profile: str = "paper",
+                       settings: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The full configuration of one (dataset, method) run; see the module docstring for the
+    layers. ``settings`` is ``parse_set_options`` output."""
+    from benchmark import registry
+
+    if profile not in PROFILES:
+        close = difflib.get_close_matches(profile, list(PROFILES), n=1)
+        raise ConfigError(f"unknown profile {profile!r}" + (f"; did you mean {close[0]}?" if close else "")
+                          + f" (choose from {', '.join(PROFILES)})")
+    settings = settings or {}
+    prof = PROFILES[profile]
+    tables = dataset_tables(dataset)
+    where = str(dataset_config_file(dataset))
+
+    data = _apply(DataConfig, DataConfig(), tables.get("data", {}), where)
+    data = _apply(DataConfig, data, prof.get("data", {}), f"profile {profile}")
+    data = _apply(DataConfig, data, settings.get("data", {}), "--set data").validate()
+    train = _apply(TrainConfig, TrainConfig(), tables.get("train", {}), where)
+    train = _apply(TrainConfig, train, prof.get("train", {}), f"profile {profile}")
+    train = _apply(TrainConfig, train, settings.get("train", {}), "--set train").validate()
+
+    entry = registry.get(method)
+    accepted = registry.accepted_hparams(entry.cls)
+    model = entry.hyperparameters()
+
+    def layer(values: dict[str, Any], where: str, generic: bool) -> None:
+        for key, value in values.items():
+            if key not in accepted:
+                if generic:
+                    continue
+                close = difflib.get_close_matches(key, sorted(accepted), n=1)
+                raise ConfigError(f"{where}: {method} has no hyper-parameter {key!r}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+            model[key] = _check_model_value(entry.cls, key, value, where)
+
+    methods_table = tables.get("methods", {})
+    unknown_slugs = set(methods_table) - set(registry.available())
+    if unknown_slugs:
+        raise ConfigError(f"{where}: [methods.*] names unknown method(s) {sorted(unknown_slugs)}")
+    layer(tables.get("model", {}), where, generic=True)
+    layer(methods_table.get(method, {}), f"{where} [methods.{method}]", generic=False)
+    layer(prof.get("model", {}), f"profile {profile}", generic=True)
+    layer(settings.get("model", {}), "--set model", generic=True)
+    layer(settings.get(method, {}), f"--set {method}", generic=False)
+    return RunConfig(dataset=dataset, method=method, profile=profile, data=data, train=train, model=model)
+
+
+def check_settings(settings: dict[str, dict[str, Any]], methods: list[str]) -> None:
+    """Reject ``--set`` sections and model keys that no selected method can use."""
+    from benchmark import registry
+
+    for section, values in settings.items():
+        if section in ("data", "train"):
+            continue
+        if section == "model":
+            accepted = set().union(*(registry.accepted_hparams(registry.get(m).cls) for m in methods))
+            for key in values:
+                if key not in accepted:
+                    raise ConfigError(f"--set model.{key}: none of the selected methods has this hyper-parameter")
+        elif section not in registry.available():
+            close = difflib.get_close_matches(section, ["data", "train", "model", *registry.available()], n=1)
+            raise ConfigError(f"--set {section}.…: unknown section {section!r}"
+                              + (f" (did you mean {close[0]}?)" if close else "")
+                              + "; use data.KEY, train.KEY, model.KEY or <method>.KEY")

@@ -5,6 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny tensors on a shared 2-core machine: one thread is several times faster than two.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DNR_BENCH_TEST_DATA", ROOT.parent / "shared" / "datasets"))
@@ -30,3 +34,28 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real dataset file {path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lists(tmp_path_factory):
+    """Real ml-100k lists of 150 users (built once per test session)."""
+    from benchmark.data import build_candidate_lists
+
+    lists, _ = build_candidate_lists("ml-100k", cache_dir=tmp_path_factory.mktemp("tiny-cache"), overrides=SMALL,
+                                     download=False, progress=False, n_jobs=1)
+    return lists
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_lists):
+    from benchmark.batches import data_spec
+
+    return data_spec(tiny_lists)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(tiny_lists):
+    """A training batch of 64 real requests (CPU tensors)."""
+    from benchmark.batches import SplitTensors
+
+    return SplitTensors.of(tiny_lists, "train", limit=64).batch(__import__("torch").arange(64))

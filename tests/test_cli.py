@@ -1,0 +1,93 @@
+"""``python -m benchmark`` end to end in a temporary results folder, and its bad-input paths."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.store import RunSpec, path_for, read_record
+from conftest import ROOT
+
+
+@pytest.fixture
+def run_cli(tmp_path, capsys):
+    cache = tmp_path / "cache"
+
+    def invoke(*args):
+        code = main(["--results-dir", str(tmp_path / "results"), "--cache-dir", str(cache), "--quiet", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def test_list_methods(run_cli):
+    code, out, _ = run_cli("--list")
+    assert code == 0 and "prm" in out and "dnr-b" in out and "switch_epoch" in out
+
+
+def test_end_to_end_skip_force_and_retry(run_cli, tmp_path):
+    args = ("--methods", "retriever,random,prm", "--dataset", "ml-100k", "--profile", "smoke")
+    code, out, _ = run_cli(*args)
+    assert code == 0, out
+    assert "0 already finished, 3 to run" in out and out.count(": ok in") == 3
+    for method in ("retriever", "random", "prm"):
+        record = read_record(tmp_path / "results", RunSpec("ml-100k", method, 0))
+        assert record["status"] == "ok" and set(record["headline"]) == {"H@6", "N@6", "M@6", "F1@6", "AUC"}
+        assert path_for(tmp_path / "results", RunSpec("ml-100k", method, 0), ".npz").exists()
+        assert record["config"]["profile"] == "smoke" and record["environment"]["torch"]
+    prm = read_record(tmp_path / "results", RunSpec("ml-100k", "prm", 0))
+    assert prm["epochs_run"] >= 1 and prm["history"] and prm["n_params"] > 0 and prm["seconds_per_epoch"] > 0
+    retriever = read_record(tmp_path / "results", RunSpec("ml-100k", "retriever", 0))
+    assert retriever["epochs_run"] == 0 and retriever["uses_retriever_score"]
+
+    code, out, _ = run_cli(*args)
+    assert code == 0 and "3 already finished, 0 to run" in out
+    code, out, _ = run_cli(*args, "--force", "--methods", "random")  # last --methods wins
+    assert code == 0 and "0 already finished, 1 to run" in out
+    # a setting change makes the record stale: the run is redone
+    code, out, _ = run_cli(*args, "--set", "prm.dropout=0.2")
+    assert code == 0 and "2 already finished, 1 to run" in out
+
+    # a failing run is recorded and retried next time
+    bad = ("--methods", "prm", "--dataset", "ml-100k", "--profile", "smoke", "--set", "prm.n_heads=3")
+    code, out, _ = run_cli(*bad)
+    record = read_record(tmp_path / "results", RunSpec("ml-100k", "prm", 0))
+    assert code == 1 and record["status"] == "failed" and record["error"]
+    code, out, _ = run_cli(*bad)
+    assert code == 1 and "0 already finished, 1 to run" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--methods", "prn", "--dataset", "ml-100k"), "did you mean prm"),
+    (("--methods", "prm", "--dataset", "ml-1n"), "did you mean ml-1m"),
+    (("--methods", "prm", "--dataset", "ml-100k", "--set", "model.nope=1"), "model.nope"),
+    (("--methods", "prm", "--dataset", "ml-100k", "--set", "prm.hiden=3"), "did you mean 'hidden'"),
+    (("--methods", "prm", "--dataset", "ml-100k", "--set", "train.lr=abc"), "lr"),
+    (("--methods", "prm", "--dataset", "ml-100k", "--set", "trian.lr=1"), "trian"),
+    (("--methods", "prm", "--dataset", "ml-100k", "--set", "prm.dropout=high"), "dropout"),
+    (("--methods", "prm",), "required"),
+])
+def test_bad_input_exit_2(run_cli, args, needle):
+    code, out, err = run_cli(*args)
+    assert code == 2 and needle in err, err
+
+
+def test_loky_lanes_match_sequential(tmp_path):
+    env = {**os.environ, "DNR_BENCH_CACHE": str(tmp_path / "cache")}
+    common = [sys.executable, "-m", "benchmark", "--methods", "retriever,prm", "--dataset", "ml-100k",
+              "--profile", "smoke", "--seeds", "0", "1", "--quiet", "--threads", "1"]
+    for name, extra in (("seq", []), ("loky", ["--backend", "loky", "--n-jobs", "2"])):
+        proc = subprocess.run([*common, "--results-dir", str(tmp_path / name), *extra], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    for method in ("retriever", "prm"):
+        for seed in (0, 1):
+            spec = RunSpec("ml-100k", method, seed)
+            a, b = read_record(tmp_path / "seq", spec), read_record(tmp_path / "loky", spec)
+            assert a["metrics"] == b["metrics"], (method, seed)
+    assert json.loads(path_for(tmp_path / "seq", RunSpec("ml-100k", "prm", 0)).read_text())["status"] == "ok"

@@ -1,0 +1,139 @@
+"""The shared trainer with a small fake model: selection, test-once, determinism, resume."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.api import Reranker, Stage, Step, bce_loss
+from benchmark.batches import SplitTensors
+from benchmark.config import TrainConfig
+from benchmark.trainer import NonFiniteLoss, fit, seed_everything
+
+
+class ItemScorer(Reranker):
+    """Per-item bias + a user-item dot product: enough to learn something on real lists."""
+
+    def __init__(self, spec, *, dim: int = 8, interrupt_at: int | None = None, blow_up: bool = False):
+        super().__init__(spec)
+        self.item = torch.nn.Embedding(spec.n_items + 1, dim)
+        self.user = torch.nn.Embedding(spec.n_users, dim)
+        self.bias = torch.nn.Embedding(spec.n_items + 1, 1)
+        self.dropout = torch.nn.Dropout(0.2)  # exercises the RNG state across resume
+        self.interrupt_at, self.blow_up = interrupt_at, blow_up
+        self.epochs_seen: list[int] = []
+
+    def score(self, batch):
+        u = self.dropout(self.user(batch.user))[:, None, :]
+        return (u * self.item(batch.items)).sum(-1) + self.bias(batch.items)[..., 0]
+
+    def loss(self, batch):
+        value = bce_loss(self.score(batch), batch.labels, batch.mask)
+        return value * float("nan") if self.blow_up else value
+
+    def epoch_begin(self, epoch):
+        self.epochs_seen.append(epoch)
+        if epoch == self.interrupt_at:
+            raise KeyboardInterrupt  # a kill between epochs
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_lists):
+    return {s: SplitTensors.of(tiny_lists, s) for s in ("train", "val", "test")}
+
+
+CFG = TrainConfig(batch_size=256, max_epochs=6, patience=2, lr=0.05)
+
+
+def run(tiny_spec, splits, seed=0, cfg=CFG, model_kw=None, **kw):
+    seed_everything(seed)
+    model = ItemScorer(tiny_spec, **(model_kw or {}))
+    return model, fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=seed, k=6, **kw)
+
+
+def test_selects_on_validation_and_restores_best(tiny_spec, splits):
+    model, result = run(tiny_spec, splits)
+    val_curve = [h["val"]["N@6"] for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(val_curve))
+    assert result.val["N@6"] == pytest.approx(max(val_curve))  # the restored state is the best one
+    assert result.epochs_run == len(result.history) <= CFG.max_epochs
+    assert set(result.test_per_request) >= {"H@6", "N@6", "M@6", "F1@6", "AUC"}
+    assert len(result.test_per_request["N@6"]) == len(splits["test"])
+
+
+def test_test_split_touched_once(tiny_spec, splits):
+    calls = []
+
+    class Counting(SplitTensors):
+        def batches(self, *a, **kw):
+            calls.append(1)
+            return super().batches(*a, **kw)
+
+    test = Counting.__new__(Counting)
+    test.__dict__.update(splits["test"].__dict__)
+    seed_everything(0)
+    fit(ItemScorer(tiny_spec), splits["train"], splits["val"], test, CFG, seed=0, k=6)
+    assert len(calls) == 1
+
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_spec, splits):
+    _, a = run(tiny_spec, splits, seed=3)
+    _, b = run(tiny_spec, splits, seed=3)
+    _, c = run(tiny_spec, splits, seed=4)
+    assert a.test == b.test and a.history == [dict(h, seconds=g["seconds"]) for h, g in zip(b.history, a.history)]
+    assert a.test != c.test
+
+
+def test_interrupted_run_resumes_to_identical_result(tiny_spec, splits, tmp_path):
+    cfg = dataclasses.replace(CFG, patience=10)
+    _, straight = run(tiny_spec, splits, cfg=cfg)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_spec, splits, cfg=cfg, model_kw={"interrupt_at": 4}, checkpoint=ckpt, checkpoint_tag="x")
+    assert ckpt.exists()
+    seed_everything(123)  # the resumed process starts with a different RNG state
+    model = ItemScorer(tiny_spec)
+    resumed = fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt,
+                  checkpoint_tag="x")
+    assert model.epochs_seen == [4, 5, 6] and resumed.resumed_from_epoch == 3
+    assert resumed.test == straight.test
+    assert [h["val"] for h in resumed.history] == [h["val"] for h in straight.history]
+    # a checkpoint written for another configuration is ignored
+    model = ItemScorer(tiny_spec)
+    seed_everything(0)
+    fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt, checkpoint_tag="y")
+    assert model.epochs_seen[0] == 1
+
+
+def test_non_finite_loss_stops_the_run(tiny_spec, splits):
+    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
+        run(tiny_spec, splits, model_kw={"blow_up": True})
+
+
+class TwoSteps(ItemScorer):
+    """Two steps over disjoint parameters, the second active from epoch 3; min_epochs 5."""
+
+    def stages(self):
+        bias_only = lambda: [self.bias.weight]  # noqa: E731
+        rest = lambda: [self.item.weight, self.user.weight]  # noqa: E731
+        return [Stage("main", [Step("rest", self.loss, rest),
+                               Step("bias", lambda b: {"bias_part": self.loss(b)}, bias_only, active=lambda e: e >= 3)],
+                      min_epochs=5)]
+
+
+def test_steps_update_only_their_parameters_and_min_epochs(tiny_spec, splits):
+    cfg = dataclasses.replace(CFG, patience=1, max_epochs=2)
+    seed_everything(0)
+    model = TwoSteps(tiny_spec)
+    bias_before = model.bias.weight.detach().clone()
+    fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    assert torch.equal(model.bias.weight, bias_before)  # inactive before epoch 3
+    cfg = dataclasses.replace(CFG, patience=1, max_epochs=8)
+    seed_everything(0)
+    model = TwoSteps(tiny_spec)
+    result = fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    assert result.epochs_run >= 5  # early stopping may not end before min_epochs
+    parts = [h["train_loss"] for h in result.history]
+    assert "bias" not in parts[0] and parts[2]["bias"]["bias_part"] > 0
