@@ -47,6 +47,7 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; records are ordinary files
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
