@@ -39,18 +39,20 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
 
 @register("random", groups=("reference",))
 class RandomOrder(UntrainedReference):
-    """A uniformly random order of the candidates (seeded)."""
+    """A uniformly random order of the candidates (seeded by the run's seed, or by ``seed``)."""
 
-    def __init__(self, spec: DataSpec, *, seed: int = 0):
+    def __init__(self, spec: DataSpec, *, seed: int | None = None):
         super().__init__(spec)
-        # two 32-bit keys from the seeded generator; each score is then a hash of (keys, request,
-        # column), so a request's order does not depend on batching, call order or repeated calls
-        generator = torch.Generator().manual_seed(seed)
-        self.keys = torch.randint(0, _MASK32 + 1, (2,), generator=generator, dtype=torch.int64).tolist()
+        # two 32-bit keys (from torch's global RNG, which the run seeds, unless ``seed`` is given);
+        # each score is then a hash of (keys, request, column), so a request's order does not
+        # depend on batching, call order or repeated calls. A buffer, so a state dict restores it.
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.register_buffer("keys", torch.randint(0, _MASK32 + 1, (2,), generator=generator, dtype=torch.int64))
 
     def score(self, batch: Batch) -> torch.Tensor:
         columns = torch.arange(batch.items.shape[1], device=batch.items.device)
         cell = (batch.request_id[:, None] * batch.items.shape[1] + columns) & _MASK32
-        bits = _mix32(_mix32(cell ^ self.keys[0]) ^ self.keys[1])
+        keys = self.keys.to(cell.device)
+        bits = _mix32(_mix32(cell ^ keys[0]) ^ keys[1])
         uniform = ((bits.double() + 0.5) / 2.0 ** 32).float()
         return uniform.masked_fill(~batch.mask, -torch.inf)

@@ -191,3 +191,11 @@ def test_every_slug_is_registered_and_builds(tiny_spec):
     assert registry.resolve(["reference"]) == ["retriever", "random"]
     for slug in SLUGS:
         assert isinstance(registry.build(slug, tiny_spec), entries[slug].cls)
+
+
+def test_random_row_follows_the_run_seed(tiny_spec, tiny_batch):
+    def scores(run_seed):
+        torch.manual_seed(run_seed)
+        return registry.build("random", tiny_spec).score(tiny_batch)
+
+    assert torch.equal(scores(5), scores(5)) and not torch.equal(scores(5), scores(6))
