@@ -122,6 +122,14 @@ def _accepts(annotation: Any, value: Any) -> bool:
     return isinstance(value, annotation)
 
 
+def _checked(annotation: Any, key: str, value: Any, where: str) -> Any:
+    """``value`` if it fits ``annotation`` (an int given for a float field becomes a float)."""
+    if not _accepts(annotation, value):
+        raise ConfigError(f"{where}: {key} = {value!r} does not fit type {annotation}")
+    is_float = annotation is float or float in typing.get_args(annotation)
+    return float(value) if is_float and isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _apply(cls: type, base: Any, values: dict[str, Any], where: str) -> Any:
     """``base`` with ``values`` applied; unknown keys and ill-typed values name the key."""
     hints = typing.get_type_hints(cls)
@@ -131,10 +139,7 @@ def _apply(cls: type, base: Any, values: dict[str, Any], where: str) -> Any:
             close = difflib.get_close_matches(key, sorted(hints), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{where}: unknown setting {key!r}{hint}")
-        if not _accepts(hints[key], value):
-            raise ConfigError(f"{where}: {key} = {value!r} does not fit type {hints[key]}")
-        is_float = hints[key] is float or float in typing.get_args(hints[key])
-        coerced[key] = float(value) if is_float and isinstance(value, int) else value
+        coerced[key] = _checked(hints[key], key, value, where)
     return dataclasses.replace(base, **coerced)
 
 
@@ -254,13 +259,8 @@ def load_data_config(dataset: str, overrides: dict[str, Any] | None = None) -> D
 def _check_model_value(cls: type, key: str, value: Any, where: str) -> Any:
     import inspect
 
-    annotation = inspect.signature(cls.__init__).parameters[key].annotation
-    hints = typing.get_type_hints(cls.__init__)
-    annotation = hints.get(key, annotation)
-    if annotation is not inspect.Parameter.empty and not _accepts(annotation, value):
-        raise ConfigError(f"{where}: {key} = {value!r} does not fit type {annotation}")
-    is_float = annotation is float or float in typing.get_args(annotation)
-    return float(value) if is_float and isinstance(value, int) and not isinstance(value, bool) else value
+    annotation = typing.get_type_hints(cls.__init__).get(key, inspect.Parameter.empty)
+    return value if annotation is inspect.Parameter.empty else _checked(annotation, key, value, where)
 
 
 def resolve_run_config(dataset: str, method: str, profile: str = "paper",
