@@ -220,5 +220,6 @@ register_variant("dnr-g-no-reg", base="dnr-b", groups=("dnr-ablations",), noise=
                  doc="Table 3 'G w/o L_x': DNR-G with the generator trained on L_adv only")
 register_variant("dnr-b-no-reg", base="dnr-b", groups=("dnr-ablations",), regulariser=False,
                  doc="Table 3 'B w/o L_x': DNR-B with the generator trained on L_adv only")
-register_variant("dnr-large", base="dnr-b", groups=("large",), doc="DNR-B on a larger PRM backbone (App. E.5)",
-                 n_layers=6)
+# Table 10's "original PRM+DNR" row is the DNR-G row of Table 1, so the larger pair is DNR-G too
+register_variant("dnr-large", base="dnr-b", groups=("large",), doc="DNR-G on a larger PRM backbone (App. E.5, Table 10)",
+                 noise="gaussian", n_layers=6)

@@ -305,7 +305,7 @@ def test_registered_variants(tiny_spec):
     expected = {"dnr-b": {}, "dnr-g": {"noise": "gaussian"}, "dnr-bl": {"beta_a": 2.0, "beta_b": 5.0},
                 "dnr-g-heuristic": {"noise": "gaussian", "learned_generator": False},
                 "dnr-b-heuristic": {"learned_generator": False}, "dnr-b-no-adv": {"adversarial": False},
-                "dnr-g-no-reg": {"noise": "gaussian", "regulariser": False}, "dnr-large": {"n_layers": 6}}
+                "dnr-g-no-reg": {"noise": "gaussian", "regulariser": False}, "dnr-large": {"noise": "gaussian", "n_layers": 6}}
     entries = registry.available()
     for slug, overrides in expected.items():
         hp = entries[slug].hyperparameters()
