@@ -6,7 +6,7 @@
 * :class:`UserStateEncoder`: a causal :class:`ListEncoder` over the history (item embedding +
   feedback-label embedding), read out at the last real position and fused with a user-id
   embedding; rows with an empty history get a learned vector instead;
-* :func:`mlp`: Linear-ReLU-Dropout stacks.
+* :func:`mlp`: Linear-ReLU-Dropout stacks, and :func:`widths` to read their widths from a setting.
 
 Sequential baselines (SASRec, Caser, GRU4Rec) keep their own encoders; these blocks serve the
 list rerankers so that they differ only in what the paper says they differ in.
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from benchmark.api import Batch, DataSpec
+from benchmark.errors import ConfigError
 
 
 def item_table(spec: DataSpec, dim: int) -> nn.Embedding:
@@ -109,3 +110,15 @@ class UserStateEncoder(nn.Module):
         last = self.encoder(steps, valid)[:, -1]
         last = torch.where((batch.hist_len > 0)[:, None], last, self.empty_history)
         return self.fuse(torch.cat([last, self.users(batch.user)], dim=-1))
+
+
+def widths(text: str, name: str) -> tuple[int, ...]:
+    """Hidden-layer widths of an MLP written as ``"512-256-128"`` (a string, so that the setting
+    stays one TOML/``--set`` value); ``name`` is the hyper-parameter named in the error."""
+    try:
+        out = tuple(int(part) for part in text.split("-"))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise ConfigError(f"{name} must be positive widths joined by '-', e.g. '512-256-128', not {text!r}")
+    return out
