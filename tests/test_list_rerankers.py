@@ -12,18 +12,11 @@ from baselines.losses import attention_rank_loss
 from baselines.midnn import list_min_max
 from benchmark import registry
 from benchmark.errors import ConfigError
+from helpers import build, scores
 
 SLUGS = ("midnn", "dlcm", "setrank", "mir")
 
 
-def build(slug, spec, **hparams):
-    torch.manual_seed(0)
-    return registry.build(slug, spec, **hparams).eval()
-
-
-def scores(model, batch):
-    with torch.no_grad():
-        return model.score(batch)
 
 
 def permute_columns(batch, perm):

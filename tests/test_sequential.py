@@ -18,6 +18,7 @@ from baselines.sequential import right_padded
 from benchmark import registry
 from benchmark.config import resolve_run_config
 from benchmark.errors import ConfigError
+from helpers import build, scores
 
 ROOT = Path(__file__).resolve().parents[1]
 SLUGS = {"sasrec": "SASRec", "caser": "Caser", "gru4rec": "GRU4Rec"}
@@ -26,14 +27,6 @@ IMPORTS_RECBOLE = re.compile(r"^\s*(import\s+recbole|from\s+recbole[\s.])|import
                              r"__import__\(\s*[\"']recbole", re.MULTILINE)
 
 
-def build(slug, spec, **hparams):
-    torch.manual_seed(0)
-    return registry.build(slug, spec, **hparams).eval()
-
-
-def scores(model, batch):
-    with torch.no_grad():
-        return model.score(batch)
 
 
 def with_history(batch, hist_items, hist_len=None):
