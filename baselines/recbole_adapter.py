@@ -187,7 +187,8 @@ def _recbole_sandbox(workdir: str) -> Iterator[None]:
 
 def recbole_sasrec_throughput(*, epochs: int, batch_size: int, hidden_size: int, n_layers: int, n_heads: int,
                               inner_size: int, dropout: float, max_len: int, lr: float, weight_decay: float,
-                              grad_clip: float, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                              grad_clip: float, seed: int = 0, device: str = "cpu",
+                              warmup_epochs: int = 0) -> dict[str, Any]:
     """Train RecBole's SASRec with RecBole's own pipeline on its bundled ml-100k and time it.
 
     RecBole's path, unchanged: ``Config(model="SASRec", dataset="ml-100k")`` -> ``create_dataset``
@@ -247,7 +248,7 @@ def recbole_sasrec_throughput(*, epochs: int, batch_size: int, hidden_size: int,
         model = SASRec(config, train_data.dataset).to(config["device"])
         trainer = Trainer(config, model)
         epoch_seconds, losses = [], []
-        for epoch in range(epochs):
+        for epoch in range(warmup_epochs + epochs):  # the first warmup_epochs are not counted
             tick = time.perf_counter()
             losses.append(float(trainer._train_epoch(train_data, epoch, show_progress=False)))
             if device.startswith("cuda"):
@@ -260,7 +261,8 @@ def recbole_sasrec_throughput(*, epochs: int, batch_size: int, hidden_size: int,
             "data": "RecBole's bundled ml-100k atomic files, RecBole's default sequential split (leave-one-out)",
             "users": int(dataset.user_num - 1), "items": int(dataset.item_num - 1), "interactions": int(dataset.inter_num),
             "train_sequences": int(n_seq), "batches_per_epoch": len(train_data),
-            "data_preparation_seconds": prep_seconds, "epoch_seconds": epoch_seconds,
-            "sequences_per_second": n_seq * epochs / sum(epoch_seconds),
+            "data_preparation_seconds": prep_seconds, "warmup_epoch_seconds": epoch_seconds[:warmup_epochs],
+            "epoch_seconds": epoch_seconds[warmup_epochs:],
+            "sequences_per_second": n_seq * epochs / sum(epoch_seconds[warmup_epochs:]),
             "loss_sum_per_epoch": losses, "n_params": sum(p.numel() for p in model.parameters()),
         }

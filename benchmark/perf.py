@@ -92,8 +92,13 @@ RECBOLE_NOTE = (
 )
 
 
-def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, seed: int = 0) -> dict[str, Any]:
-    """RecBole's SASRec pipeline vs our ``sasrec`` through :func:`benchmark.trainer.fit`, same settings."""
+def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, seed: int = 0,
+                    warmup_epochs: int = 1) -> dict[str, Any]:
+    """RecBole's SASRec pipeline vs our ``sasrec`` through :func:`benchmark.trainer.fit`, same settings.
+
+    Each side first trains ``warmup_epochs`` untimed epochs (the first batches of a process pay
+    for allocator growth and kernel selection: about 8 s of our 7-batch ml-100k epoch, which
+    would otherwise count against the side with fewer batches per epoch)."""
     import dataclasses
 
     import torch
@@ -106,7 +111,7 @@ def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, s
     from benchmark.trainer import fit, seed_everything
 
     cfg = resolve_run_config("ml-100k", "sasrec")
-    train_cfg = dataclasses.replace(cfg.train, max_epochs=epochs, patience=epochs + 1,
+    train_cfg = dataclasses.replace(cfg.train, max_epochs=warmup_epochs + epochs, patience=warmup_epochs + epochs + 1,
                                     batch_size=batch_size or cfg.train.batch_size)
     hp = cfg.model
     lists, _ = build_candidate_lists("ml-100k", data_dir=data_dir, overrides=cfg.data.to_dict(), progress=False)
@@ -127,8 +132,9 @@ def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, s
         seed_everything(seed, train_cfg.deterministic)
         model = registry.build("sasrec", spec, **hp)
         result = fit(model, train, val, test, train_cfg, seed=seed, k=spec.k)
-        epoch_seconds = [h["seconds"] for h in result.history]
-        return {"when": label, "epoch_seconds": epoch_seconds, "eval_seconds_total": result.eval_seconds,
+        epoch_seconds = [h["seconds"] for h in result.history][warmup_epochs:]
+        return {"when": label, "warmup_epoch_seconds": [h["seconds"] for h in result.history][:warmup_epochs],
+                "epoch_seconds": epoch_seconds, "eval_seconds_total": result.eval_seconds,
                 "sequences_per_second": len(train) * epochs / sum(epoch_seconds),
                 "load_average_1_5_15_before_after": [load_before, os.getloadavg()],
                 "n_params": sum(p.numel() for p in model.parameters())}
@@ -137,7 +143,7 @@ def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, s
     before = ours_run("before RecBole")
     print(f"recbole: RecBole's own SASRec pipeline, {epochs} epoch(s) ...", file=sys.stderr, flush=True)
     load_before = os.getloadavg()
-    theirs = recbole_sasrec_throughput(**shared, seed=seed)
+    theirs = recbole_sasrec_throughput(**shared, seed=seed, warmup_epochs=warmup_epochs)
     theirs["load_average_1_5_15_before_after"] = [load_before, os.getloadavg()]
     theirs["labelled_targets_per_second"] = theirs["sequences_per_second"]
     after = ours_run("after RecBole")
@@ -157,12 +163,78 @@ def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, s
     }
     ratio = ours["sequences_per_second"] / theirs["sequences_per_second"]
     return {
-        "settings": {**shared, "seed": seed, "torch_threads": torch.get_num_threads(), "device": "cpu"},
+        "settings": {**shared, "warmup_epochs": warmup_epochs, "seed": seed, "torch_threads": torch.get_num_threads(), "device": "cpu"},
         "recbole": theirs, "ours": ours, "note": RECBOLE_NOTE,
         "ours_over_recbole_sequences_per_second": ratio,
         "ours_over_recbole_each_run": [r["sequences_per_second"] / theirs["sequences_per_second"] for r in runs],
         "within_target": ratio >= 1.0,
         "machine": machine(), "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str | None, settings: list[str],
+                   threads: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Training seconds per epoch of each method relative to PRM, stepped in turn on every batch.
+
+    Every train batch is given to each method in turn (the first method rotates with the epoch),
+    so drifts in the machine's load hit all methods alike; only the optimiser steps are timed
+    (each method's first training stage, all its active steps, as the trainer runs them: loss,
+    backward, clipping, Adam). The first epoch is a warm-up; the rest are averaged.
+    """
+    import torch
+
+    from benchmark import registry
+    from benchmark.batches import SplitTensors, data_spec
+    from benchmark.config import parse_set_options, resolve_run_config
+    from benchmark.data import build_candidate_lists
+    from benchmark.trainer import epoch_order, seed_everything
+
+    torch.set_num_threads(threads)
+    if "prm" not in methods:
+        methods = ["prm", *methods]
+    overrides = parse_set_options(settings)
+    configs = {m: resolve_run_config(dataset, m, "paper", overrides) for m in methods}
+    data_cfg, train_cfg = configs["prm"].data, configs["prm"].train
+    lists, _ = build_candidate_lists(dataset, data_dir=data_dir, overrides=data_cfg.to_dict(), progress=False)
+    spec = data_spec(lists)
+    train = SplitTensors.of(lists, "train", limit=train_cfg.max_train_requests)
+    models, steps = {}, {}
+    for m in methods:
+        seed_everything(seed)
+        models[m] = registry.build(m, spec, **configs[m].model).train()
+        stage = models[m].stages()[0]
+        steps[m] = [(step, torch.optim.Adam(list(step.parameters()), lr=step.lr or train_cfg.lr,
+                                            weight_decay=train_cfg.weight_decay)) for step in stage.steps]
+    seconds = {m: [] for m in methods}
+    for epoch in range(1, epochs + 2):
+        spent = dict.fromkeys(methods, 0.0)
+        for m in methods:
+            models[m].epoch_begin(epoch)
+        for batch in train.batches(train_cfg.batch_size, epoch_order(len(train), seed, 0, epoch)):
+            for i in range(len(methods)):
+                m = methods[(i + epoch) % len(methods)]
+                tick = time.perf_counter()
+                for step, opt in steps[m]:
+                    if not step.active(epoch):
+                        continue
+                    models[m].zero_grad(set_to_none=True)
+                    value = step.loss(batch)
+                    (sum(value.values()) if isinstance(value, dict) else value).backward()
+                    torch.nn.utils.clip_grad_norm_(list(step.parameters()), train_cfg.grad_clip)
+                    opt.step()
+                spent[m] += time.perf_counter() - tick
+        print(f"epochs: epoch {epoch} " + ", ".join(f"{m} {v:.1f}s" for m, v in spent.items()),
+              file=sys.stderr, flush=True)
+        if epoch > 1:  # epoch 1 is the warm-up
+            for m in methods:
+                seconds[m].append(spent[m])
+    prm = sum(seconds["prm"]) / len(seconds["prm"])
+    return {
+        "dataset": dataset, "train_requests": len(train), "batch_size": train_cfg.batch_size,
+        "timed_epochs": epochs, "torch_threads": torch.get_num_threads(), "settings": settings,
+        "load_average_1_5_15_after": os.getloadavg(),
+        "methods": {m: {"seconds_per_epoch": sum(v) / len(v), "ratio_to_prm": sum(v) / len(v) / prm,
+                        "params": sum(p.numel() for p in models[m].parameters())} for m, v in seconds.items()},
     }
 
 
@@ -175,13 +247,22 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.split("\n\n")[0])
-    p.add_argument("--section", choices=("data", "recbole"), default="data",
-                   help="data: list builds (default); recbole: RecBole's SASRec trainer vs ours")
+    p.add_argument("--section", choices=("data", "recbole", "epochs"), default="data",
+                   help="data: list builds (default); recbole: RecBole's SASRec trainer vs ours; "
+                        "epochs: training seconds per epoch of --methods relative to PRM on --datasets")
+    p.add_argument("--methods", default="prm,sasrec,caser,gru4rec,midnn,dlcm,setrank,mir",
+                   help="epochs section: comma-separated slugs (PRM is always added as the reference)")
     p.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-1m", "kuairand", "amazon-books"])
     p.add_argument("--data-dir", default=os.environ.get("DNR_BENCH_DATA"))
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="data.KEY=VALUE")
     p.add_argument("--output", default="results/perf.json", help="JSON file to write (sections are merged)")
-    p.add_argument("--epochs", type=int, default=1, help="recbole section: training epochs on each side")
+    p.add_argument("--warmup-epochs", type=int, default=1,
+                   help="recbole section: untimed epochs on each side before the timed ones")
+    p.add_argument("--threads", type=int, default=1,
+                   help="epochs section: torch threads (1, as in each loky lane; more threads than free "
+                        "cores makes PyTorch's thread pool stall)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="recbole: training epochs on each side; epochs: timed epochs after one warm-up")
     p.add_argument("--batch-size", type=int, default=None,
                    help="recbole section: batch size on both sides (default: ml-100k's train.batch_size)")
     args = p.parse_args(argv)
@@ -189,12 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.output)
     report = json.loads(out_path.read_text()) if out_path.exists() else {}
     if args.section == "recbole":
-        if args.epochs < 1:
-            p.error("--epochs must be >= 1")
-        r = report["recbole_sasrec"] = measure_recbole(args.epochs, args.batch_size, args.data_dir)
+        if args.epochs < 1 or args.warmup_epochs < 0:
+            p.error("--epochs must be >= 1 and --warmup-epochs >= 0")
+        r = report["recbole_sasrec"] = measure_recbole(args.epochs, args.batch_size, args.data_dir,
+                                                       warmup_epochs=args.warmup_epochs)
         print(f"  RecBole {r['recbole']['sequences_per_second']:.1f} sequences/s, ours "
               f"{r['ours']['sequences_per_second']:.1f} sequences/s "
               f"(ratio {r['ours_over_recbole_sequences_per_second']:.2f})", file=sys.stderr)
+        return _write(report, out_path)
+    if args.section == "epochs":
+        timing = report.setdefault("epochs", {})
+        for ds in args.datasets:
+            r = timing[ds] = measure_epochs(ds, args.methods.split(","), args.epochs, args.data_dir, args.settings,
+                                           args.threads)
+            for m, v in r["methods"].items():
+                print(f"  {ds} {m}: {v['seconds_per_epoch']:.1f} s/epoch, {v['ratio_to_prm']:.2f}x PRM", file=sys.stderr)
         return _write(report, out_path)
     data = report.get("data", {})
     for ds in args.datasets:
