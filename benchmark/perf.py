@@ -187,7 +187,7 @@ def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str 
     from benchmark.batches import SplitTensors, data_spec
     from benchmark.config import parse_set_options, resolve_run_config
     from benchmark.data import build_candidate_lists
-    from benchmark.trainer import epoch_order, seed_everything
+    from benchmark.trainer import epoch_order, seed_everything, train_steps
 
     torch.set_num_threads(threads)
     if "prm" not in methods:
@@ -198,13 +198,13 @@ def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str 
     lists, _ = build_candidate_lists(dataset, data_dir=data_dir, overrides=data_cfg.to_dict(), progress=False)
     spec = data_spec(lists)
     train = SplitTensors.of(lists, "train", limit=train_cfg.max_train_requests)
-    models, steps = {}, {}
+    models, stages, optims = {}, {}, {}
     for m in methods:
         seed_everything(seed)
         models[m] = registry.build(m, spec, **configs[m].model).train()
-        stage = models[m].stages()[0]
-        steps[m] = [(step, torch.optim.Adam(list(step.parameters()), lr=step.lr or train_cfg.lr,
-                                            weight_decay=train_cfg.weight_decay)) for step in stage.steps]
+        stages[m] = models[m].stages()[0].steps
+        optims[m] = [torch.optim.Adam(list(step.parameters()), lr=step.lr or train_cfg.lr,
+                                      weight_decay=train_cfg.weight_decay) for step in stages[m]]
     seconds = {m: [] for m in methods}
     for epoch in range(1, epochs + 2):
         spent = dict.fromkeys(methods, 0.0)
@@ -214,14 +214,7 @@ def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str 
             for i in range(len(methods)):
                 m = methods[(i + epoch) % len(methods)]
                 tick = time.perf_counter()
-                for step, opt in steps[m]:
-                    if not step.active(epoch):
-                        continue
-                    models[m].zero_grad(set_to_none=True)
-                    value = step.loss(batch)
-                    (sum(value.values()) if isinstance(value, dict) else value).backward()
-                    torch.nn.utils.clip_grad_norm_(list(step.parameters()), train_cfg.grad_clip)
-                    opt.step()
+                train_steps(models[m], stages[m], optims[m], batch, epoch, train_cfg.grad_clip)
                 spent[m] += time.perf_counter() - tick
         print(f"epochs: epoch {epoch} " + ", ".join(f"{m} {v:.1f}s" for m, v in spent.items()),
               file=sys.stderr, flush=True)

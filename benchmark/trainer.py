@@ -114,6 +114,27 @@ def _loss_parts(value: "torch.Tensor | dict[str, torch.Tensor]") -> tuple[torch.
     return value, {"loss": value}
 
 
+def train_steps(model: Reranker, steps: list, optims: list, batch, epoch: int, grad_clip: float,
+                stage_name: str = "") -> dict[str, dict[str, torch.Tensor]]:
+    """One batch of a stage: each active step's loss, backward, clipping and optimiser step (in
+    order). Returns each step's loss parts. A non-finite loss raises :class:`NonFiniteLoss`."""
+    out = {}
+    for step, opt in zip(steps, optims):
+        if not step.active(epoch):
+            continue
+        model.zero_grad(set_to_none=True)
+        total, parts = _loss_parts(step.loss(batch))
+        if not torch.isfinite(total):
+            raise NonFiniteLoss(f"non-finite loss in step {step.name!r} at epoch {epoch} "
+                                f"(stage {stage_name!r}): {float(total.detach())}")
+        total.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(step.parameters()), grad_clip)
+        opt.step()
+        out[step.name] = parts
+    return out
+
+
 def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTensors, cfg: TrainConfig, *,
         seed: int, k: int, device: torch.device | str = "cpu", checkpoint: Path | None = None,
         checkpoint_tag: str = "", progress: bool = False) -> FitResult:
@@ -162,19 +183,9 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
                 n_batches = 0
                 for batch in train.batches(cfg.batch_size, epoch_order(len(train), seed, s_index, epoch), device):
                     n_batches += 1
-                    for step, opt in zip(stage.steps, optims):
-                        if not step.active(epoch):
-                            continue
-                        model.zero_grad(set_to_none=True)
-                        total, parts = _loss_parts(step.loss(batch))
-                        if not torch.isfinite(total):
-                            raise NonFiniteLoss(f"non-finite loss in step {step.name!r} at epoch {epoch} "
-                                                f"(stage {stage.name!r}): {float(total.detach())}")
-                        total.backward()
-                        if cfg.grad_clip > 0:
-                            torch.nn.utils.clip_grad_norm_(list(step.parameters()), cfg.grad_clip)
-                        opt.step()
-                        acc = sums.setdefault(step.name, {})
+                    for step_name, parts in train_steps(model, stage.steps, optims, batch, epoch, cfg.grad_clip,
+                                                        stage.name).items():
+                        acc = sums.setdefault(step_name, {})
                         for name, value in parts.items():
                             acc[name] = acc.get(name, 0.0) + float(value.detach())
                 if device.type == "cuda":
