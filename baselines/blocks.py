@@ -6,7 +6,9 @@
 * :class:`UserStateEncoder`: a causal :class:`ListEncoder` over the history (item embedding +
   feedback-label embedding), read out at the last real position and fused with a user-id
   embedding; rows with an empty history get a learned vector instead;
-* :func:`mlp`: Linear-ReLU-Dropout stacks, and :func:`widths` to read their widths from a setting.
+* :func:`mlp`: Linear-ReLU-Dropout stacks, and :func:`widths` to read their widths from a setting;
+* :func:`logged_slate`: the logged list of a request as candidate columns (the training target
+  of the list generators: EGRerank's evaluator, NAR4Rec, DCDR, PIER).
 
 Sequential baselines (SASRec, Caser, GRU4Rec) keep their own encoders; these blocks serve the
 list rerankers so that they differ only in what the paper says they differ in.
@@ -122,3 +124,22 @@ def widths(text: str, name: str) -> tuple[int, ...]:
     if not out or min(out) < 1:
         raise ConfigError(f"{name} must be positive widths joined by '-', e.g. '512-256-128', not {text!r}")
     return out
+
+
+def logged_slate(batch: Batch, k: int, positives_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(columns [B, k], labels [B, k])``: the request's logged (exposed) items as candidate
+    columns, a **training target only** (it reads ``batch.exposed`` and ``batch.labels``).
+
+    The lists do not keep the order in which the window's 6 items were consumed (and in ML-1M or
+    Amazon a rating's timestamp is not a display position), so the logged list is ordered here:
+    with ``positives_first`` the clicked/positive exposed items come first, then the other
+    exposed ones (the order a perfect reranker would display; the generators then learn to put
+    positives on top), each group in initial (retriever) order; without it, initial order only.
+    A request with fewer than k exposed items is filled with its best-ranked fillers (label 0)."""
+    width = batch.items.shape[1]
+    initial = torch.arange(width, device=batch.items.device).expand_as(batch.items)
+    key = (~batch.exposed).long() * (4 * width) + initial + (~batch.mask).long() * (8 * width)
+    if positives_first:
+        key = key + (batch.labels <= 0.5).long() * (2 * width)
+    columns = torch.argsort(key, dim=1, stable=True)[:, :k]
+    return columns, batch.labels.gather(1, columns)

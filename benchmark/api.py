@@ -49,7 +49,13 @@ class Batch:
     so column ``j`` has initial position ``j``. ``scores`` is the retriever score x in (0, 1);
     methods that must not see it (the plain baselines) simply do not read it. ``hist_items`` and
     ``hist_labels`` are ``[B, H]``, oldest first, left-padded with item 0; ``hist_len`` the real
-    length."""
+    length.
+
+    ``exposed`` ``[B, C]`` marks the candidates that were in the logged window (the 6 exposed
+    items; the other 44 are retriever fillers). Like ``labels`` it is a **training signal only**
+    (the logged list that EGRerank's evaluator, NAR4Rec and DCDR learn from): ``score`` and
+    ``rerank`` must never read it, since every positive is exposed (a registry-wide test scores
+    each method with altered labels and exposure and expects the same scores)."""
 
     request_id: torch.Tensor
     user: torch.Tensor
@@ -60,6 +66,7 @@ class Batch:
     hist_items: torch.Tensor
     hist_labels: torch.Tensor
     hist_len: torch.Tensor
+    exposed: torch.Tensor
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in dataclasses.fields(self)})
@@ -91,12 +98,36 @@ class Stage:
     min_epochs: int = 0
     max_epochs: int | None = None
     """Cap for this phase (None: the run's ``train.max_epochs``)."""
+    on_start: Callable[[], None] | None = None
+    """Called when the phase starts, and again when a run resumes inside it (e.g. EGRerank
+    switches ``score`` from its evaluator to its generator)."""
 
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pointwise BCE over the real candidates (Eq. 2 of the DNR paper)."""
     per = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     return (per * mask).sum() / mask.sum().clamp(min=1)
+
+
+def order_scores(order: torch.Tensor, mask: torch.Tensor, rest: torch.Tensor | None = None) -> torch.Tensor:
+    """A full score vector ``[B, C]`` from an emitted order (methods.md §1.3): the ``k`` chosen
+    columns ``order`` ``[B, k]`` (best first) get ``2 + (k - r) / k`` at rank ``r`` (so the stable
+    top-k of the result is exactly ``order``); every other real candidate gets a value in
+    ``[0, 1)`` that keeps the order of ``rest`` (e.g. an evaluator's item scores; ties and
+    ``rest=None`` fall back to the retriever order), and padded slots ``-inf``. AUC computed from
+    these scores is rank-derived: set ``rank_derived_auc = True`` on the method."""
+    batch, width = mask.shape
+    k = order.shape[1]
+    if rest is None:
+        below = torch.zeros(batch, width, device=mask.device)
+    else:
+        # rank of each candidate under ``rest`` (descending, stable), mapped into [0, 1)
+        ranked = torch.argsort(rest.masked_fill(~mask, -torch.inf), dim=1, descending=True, stable=True)
+        position = torch.argsort(ranked, dim=1, stable=True).to(torch.float32)
+        below = 1.0 - (position + 1) / (width + 1)
+    top = 2.0 + (k - torch.arange(k, device=mask.device, dtype=torch.float32)) / k
+    out = below.scatter(1, order, top.expand(batch, -1).contiguous())
+    return out.masked_fill(~mask, -torch.inf)
 
 
 class Reranker(torch.nn.Module):

@@ -30,6 +30,7 @@ class SplitTensors:
         self.hist_items = torch.from_numpy(arrays["hist_items"].astype(np.int64))
         self.hist_labels = torch.from_numpy(arrays["hist_labels"].astype(np.float32))
         self.hist_len = torch.from_numpy(arrays["hist_len"].astype(np.int64))
+        self.exposed = torch.from_numpy(arrays["exposed"].astype(bool))
 
     @classmethod
     def of(cls, lists: CandidateLists, split: str, limit: int | None = None) -> "SplitTensors":
@@ -45,7 +46,7 @@ class SplitTensors:
         return Batch(request_id=self.request_id[index], user=self.user[index], items=self.items[index],
                      scores=self.scores[index], labels=self.labels[index], mask=self.mask[index],
                      hist_items=self.hist_items[index], hist_labels=self.hist_labels[index],
-                     hist_len=self.hist_len[index])
+                     hist_len=self.hist_len[index], exposed=self.exposed[index])
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None,
                 device: torch.device | str = "cpu") -> Iterator[Batch]:

@@ -170,6 +170,8 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
                 best_epoch, first = saved["best_epoch"], start_epoch
                 _set_rng_state(saved["rng"])
                 saved = None
+            if stage.on_start is not None:
+                stage.on_start()
             max_epochs = stage.max_epochs or cfg.max_epochs
             bar = tqdm(range(first, max_epochs + 1), desc=f"{stage.name}", unit="epoch", disable=not progress,
                        leave=False, initial=first - 1, total=max_epochs)

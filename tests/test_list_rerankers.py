@@ -238,3 +238,19 @@ def test_registration_and_settings(tiny_spec):
                       ("mir", {"layers": ""})]:
         with pytest.raises(ConfigError):
             registry.build(slug, tiny_spec, **bad)
+
+
+def test_logged_slate_is_the_exposed_items_positives_first(tiny_batch):
+    from baselines.blocks import logged_slate
+
+    cols, labels = logged_slate(tiny_batch, 6)
+    assert cols.shape == (len(tiny_batch), 6)
+    assert tiny_batch.exposed.gather(1, cols).all()  # exactly the six exposed candidates
+    assert torch.equal(labels, tiny_batch.labels.gather(1, cols))
+    assert (labels[:, :-1] >= labels[:, 1:]).all()  # positives first
+    for row, lab in zip(cols, labels):  # inside each label group, initial (retriever) order
+        for value in (0.0, 1.0):
+            group = row[lab == value]
+            assert torch.equal(group, group.sort().values)
+    plain, _ = logged_slate(tiny_batch, 6, positives_first=False)
+    assert (plain[:, :-1] < plain[:, 1:]).all()

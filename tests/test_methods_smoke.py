@@ -79,3 +79,36 @@ def test_method_smoke(slug, tiny_spec, splits, tiny_batch):
         torch.manual_seed(0)
         b = fresh.score(tiny_batch)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_scores_never_read_labels_or_exposure(slug, tiny_spec, tiny_batch):
+    """Labels and the exposed flag are training signals: every positive is exposed, so a method
+    whose ``score`` read either would see the answer (api.Batch)."""
+    import dataclasses
+
+    model = build(slug, tiny_spec).eval()
+    flipped = dataclasses.replace(tiny_batch, labels=1.0 - tiny_batch.labels, exposed=~tiny_batch.exposed)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model.score(tiny_batch)
+        torch.manual_seed(0)
+        b = model.score(flipped)
+    assert torch.equal(a, b)
+
+
+def test_order_scores_reproduce_the_order_and_keep_the_rest():
+    from benchmark.api import order_scores
+
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 6:] = False
+    order = torch.tensor([[5, 1, 2], [0, 4, 3]])
+    rest = torch.tensor([[0.0, 9, 1, 2, 3, 8, 7, 6], [5, 4, 3, 2, 1, 0, 9, 9]])
+    out = order_scores(order, mask, rest)
+    assert torch.equal(torch.argsort(out, dim=1, descending=True, stable=True)[:, :3], order)
+    assert torch.isneginf(out[1, 6:]).all() and torch.isfinite(out[0]).all()
+    # the unchosen keep the order of ``rest``: 6 (7), 7 (6), 4 (3), 3 (2), 0 (0)
+    ranked = torch.argsort(out[0], descending=True, stable=True)[3:].tolist()
+    assert ranked == [6, 7, 4, 3, 0]
+    plain = order_scores(order, mask)  # no rest: ties, so the stable sort keeps the retriever order
+    assert torch.argsort(plain[0], descending=True, stable=True)[3:].tolist() == [0, 3, 4, 6, 7]

@@ -137,3 +137,34 @@ def test_steps_update_only_their_parameters_and_min_epochs(tiny_spec, splits):
     assert result.epochs_run >= 5  # early stopping may not end before min_epochs
     parts = [h["train_loss"] for h in result.history]
     assert "bias" not in parts[0] and parts[2]["bias"]["bias_part"] > 0
+
+
+class TwoPhases(ItemScorer):
+    """Two stages; ``on_start`` records which phase ``score`` should serve (EGRerank's pattern)."""
+
+    def __init__(self, spec, **kw):
+        super().__init__(spec, **kw)
+        self.phases: list[str] = []
+
+    def stages(self):
+        return [Stage("first", [Step("all", self.loss, self.parameters)], max_epochs=2,
+                      on_start=lambda: self.phases.append("first")),
+                Stage("second", [Step("bias", self.loss, lambda: [self.bias.weight])],
+                      on_start=lambda: self.phases.append("second"))]
+
+
+def test_stage_on_start_runs_per_phase_and_again_on_resume(tiny_spec, splits, tmp_path):
+    cfg = dataclasses.replace(CFG, patience=10, max_epochs=4)
+    seed_everything(0)
+    model = TwoPhases(tiny_spec)
+    fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    assert model.phases == ["first", "second"]
+    ckpt = tmp_path / "run.ckpt"
+    seed_everything(0)
+    model = TwoPhases(tiny_spec, interrupt_at=3)  # the third epoch of phase two
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt,
+            checkpoint_tag="x")
+    model = TwoPhases(tiny_spec)
+    fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt, checkpoint_tag="x")
+    assert model.phases == ["second"] and model.epochs_seen == [3, 4]
