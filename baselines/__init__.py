@@ -1,4 +1,4 @@
 """Baseline rerankers (registered under their slugs). Filled in by the baseline issues."""
-from baselines import dlcm, midnn, mir, prm, reference, sequential, setrank
+from baselines import dlcm, midnn, mir, pier, prm, reference, sequential, setrank
 
-__all__ = ["dlcm", "midnn", "mir", "prm", "reference", "sequential", "setrank"]  # importing a module registers its slugs
+__all__ = ["dlcm", "midnn", "mir", "pier", "prm", "reference", "sequential", "setrank"]  # importing a module registers its slugs

@@ -56,25 +56,44 @@ class PRM(Reranker):
         user, item = self.score_input(self.user_part(user), self.item_part(item), x, batch.mask)
         return self.encoder(self.input_mlp(user + item), batch.mask)
 
-    def head(self, h: torch.Tensor, x_late: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[B, C]``; with late_score, ``x_late`` ``[B, C]`` enters as ``h + x_late * v``
-        just before the final linear layer (methods.md §6.12); otherwise it is ignored."""
+    def fused(self, h: torch.Tensor, x_late: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder output with the late score folded in: ``h + x_late * v`` with late_score
+        (methods.md §6.12), ``h`` otherwise."""
         if self.late_score:
             if x_late is None:
                 raise ValueError("late_score=True needs x_late, the score fused after the encoder")
-            h = h + x_late[..., None] * self.late_weight
-        return self.out(h).squeeze(-1)
+            return h + x_late[..., None] * self.late_weight
+        return h
 
-    def logits(self, batch: Batch) -> torch.Tensor:
-        x = batch.scores if self.uses_retriever_score else None
-        return self.head(self.encode(batch, x), x)
+    def head(self, h: torch.Tensor, x_late: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-candidate logits ``[B, C]`` from the encoder output; with late_score, ``x_late``
+        ``[B, C]`` enters just before the final linear layer (:meth:`fused`)."""
+        return self.out(self.fused(h, x_late)).squeeze(-1)
+
+    # Backbone hooks (DNR wraps any backbone through encode/head and these two; PIER overrides them)
+    def aux_loss(self, batch: Batch, h: torch.Tensor, logits: torch.Tensor,
+                 x_late: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Training losses of the backbone beyond the per-candidate BCE (none for PRM)."""
+        return {}
+
+    def select(self, batch: Batch, h: torch.Tensor, logits: torch.Tensor, x_late: torch.Tensor | None) -> torch.Tensor:
+        """The inference scores from the encoder output and the per-candidate logits (PRM: the
+        logits themselves; the displayed list is their top-k)."""
+        return logits.masked_fill(~batch.mask, -torch.inf)
 
     def score(self, batch: Batch) -> torch.Tensor:
-        return self.logits(batch).masked_fill(~batch.mask, -torch.inf)
+        x = batch.scores if self.uses_retriever_score else None
+        h = self.encode(batch, x)
+        return self.select(batch, h, self.head(h, x), x)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> "torch.Tensor | dict[str, torch.Tensor]":
+        x = batch.scores if self.uses_retriever_score else None
+        h = self.encode(batch, x)
+        logits = self.head(h, x)
         # on the unmasked logits: -inf on a padded slot would turn BCE into NaN (Eq. 2)
-        return bce_loss(self.logits(batch), batch.labels, batch.mask)
+        main = bce_loss(logits, batch.labels, batch.mask)
+        aux = self.aux_loss(batch, h, logits, x)
+        return {"bce": main, **aux} if aux else main
 
 
 register_variant("prm-c-score", base="prm", groups=("score-variants",), score_input="concat",

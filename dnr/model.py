@@ -67,6 +67,7 @@ class DNR(Reranker):
         self.backbone = registry.build(backbone, spec, late_score=self.late,
                                        score_input="none" if self.late else injection, dropout=dropout,
                                        n_layers=n_layers, hidden=hidden)
+        self.rank_derived_auc = self.backbone.rank_derived_auc  # PIER's search emits an order
         self.heuristic = HeuristicNoise(noise, beta_a, beta_b, posterior)
         self.generator = (NoiseGenerator(hidden if gen_input == "context" else 0, hidden, gen_hidden, gen_noise_dim,
                                          self.heuristic.clamped_mean()) if learned_generator else None)
@@ -107,16 +108,25 @@ class DNR(Reranker):
             return x_syn.clamp(0, 1)
         return minmax_per_list(x_syn, mask) if self.score_range == "minmax" else x_syn
 
+    def _encoded(self, batch: Batch, x: torch.Tensor, encoded: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone's encoder output for score x: shared across scores under late fusion (the
+        given one, or a fresh pass), one pass per score under input-level injection (§6.12)."""
+        if self.late:
+            return self.backbone.encode(batch) if encoded is None else encoded
+        return self.backbone.encode(batch, x)
+
     def _logits(self, batch: Batch, x: torch.Tensor, encoded: torch.Tensor | None = None) -> torch.Tensor:
         """q_θ(u, C, x): late additive fusion on the (given or fresh) encoder output, or input-level
         injection through the backbone's score input (methods.md §6.12)."""
-        if self.late:
-            return self.backbone.head(self.backbone.encode(batch) if encoded is None else encoded, x)
-        return self.backbone.head(self.backbone.encode(batch, x))
+        return self.backbone.head(self._encoded(batch, x, encoded), x if self.late else None)
 
     def score(self, batch: Batch) -> torch.Tensor:
-        """Inference on the real retriever scores; the generator is unused (Algorithm 1)."""
-        return self._logits(batch, self._real(batch)).masked_fill(~batch.mask, -torch.inf)
+        """Inference on the real retriever scores through the backbone's own selection (PRM: sort
+        the logits; PIER: its permutation search); the generator is unused (Algorithm 1)."""
+        x = self._real(batch)
+        h = self._encoded(batch, x)
+        x_late = x if self.late else None
+        return self.backbone.select(batch, h, self.backbone.head(h, x_late), x_late)
 
     # ----------------------------------------------------------------------------- losses
     def _features(self, batch: Batch, encoded: torch.Tensor | None = None, context: tuple | None = None) -> tuple:
@@ -151,12 +161,18 @@ class DNR(Reranker):
         encoded = self.backbone.encode(batch, context=context) if self.late else None
         with torch.set_grad_enabled(share):  # a shared x'(φ) keeps its graph for the generator step
             eps, x_syn = self.synthesise(batch, self._features(batch, encoded, context) if learned else None)
-        direct = bce_loss(self._logits(batch, self._real(batch), encoded), z, mask)
+        x_real = self._real(batch)
+        h_real = self._encoded(batch, x_real, encoded)
+        x_late = x_real if self.late else None
+        logits_real = self.backbone.head(h_real, x_late)
+        direct = bce_loss(logits_real, z, mask)
+        # the backbone's own further losses (PIER's permutation evaluator and FPSM) on the real x
+        extra = self.backbone.aux_loss(batch, h_real, logits_real, x_late)
         augmented = bce_loss(self._logits(batch, x_syn.detach(), encoded), z, mask)
         if share:
             self._shared = (batch, None if encoded is None else encoded.detach(), x_syn)
         self._record(batch, eps.detach(), x_syn.detach(), direct=direct, augmented=augmented)
-        return {"direct": direct, "augmented": self.lam * augmented}
+        return {"direct": direct, "augmented": self.lam * augmented, **extra}
 
     def generator_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Eq. 7 + μ·L_x, θ frozen (used after T): -BCE(q_θ(x'(φ)), z) + μ·L_x(x', x), with
@@ -223,3 +239,7 @@ register_variant("dnr-b-no-reg", base="dnr-b", groups=("dnr-ablations",), regula
 # Table 10's "original PRM+DNR" row is the DNR-G row of Table 1, so the larger pair is DNR-G too
 register_variant("dnr-large", base="dnr-b", groups=("large",), doc="DNR-G on a larger PRM backbone (App. E.5, Table 10)",
                  noise="gaussian", n_layers=6)
+register_variant("dnr-pier", base="dnr-b", groups=("dnr-pier",), backbone="pier",
+                 doc="DNR (Beta noise, as Table 2's DNR rows) on the PIER backbone: losses on OCPM's candidate scores")
+register_variant("dnr-pier-g", base="dnr-b", groups=("dnr-pier",), backbone="pier", noise="gaussian",
+                 doc="DNR-G on the PIER backbone")
