@@ -172,14 +172,34 @@ def measure_recbole(epochs: int, batch_size: int | None, data_dir: str | None, s
     }
 
 
+def _phases(model) -> list[tuple[str, int, int]]:
+    """``(label suffix, stage index, first epoch)`` of every training phase of a method: each
+    stage, and inside a stage the first epoch where all its steps are active when some start
+    later (DNR's generator after T). Read from ``stages()`` and ``Step.active``, never from names."""
+    out = []
+    for s_index, stage in enumerate(model.stages()):
+        suffix = f":{stage.name}" if len(model.stages()) > 1 else ""
+        out.append((suffix, s_index, 1))
+        if not all(step.active(1) for step in stage.steps):
+            later = next((e for e in range(2, 10_000) if all(step.active(e) for step in stage.steps)), None)
+            if later is not None:
+                out.append((f"{suffix}@epoch>={later}", s_index, later))
+    return out
+
+
 def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str | None, settings: list[str],
-                   threads: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Training seconds per epoch of each method relative to PRM, stepped in turn on every batch.
+                   threads: int = 1, seed: int = 0, inference_requests: int = 2048) -> dict[str, Any]:
+    """Training seconds per epoch of each method relative to PRM, stepped in turn on every batch,
+    and inference milliseconds per request.
 
     Every train batch is given to each method in turn (the first method rotates with the epoch),
     so drifts in the machine's load hit all methods alike; only the optimiser steps are timed
-    (each method's first training stage, all its active steps, as the trainer runs them: loss,
-    backward, clipping, Adam). The first epoch is a warm-up; the rest are averaged.
+    (all active steps, as the trainer runs them: loss, backward, clipping, Adam). A method with
+    several phases (EGRerank's evaluator and generator stages; DNR before and after its switch
+    epoch T) is timed once per phase, as ``slug:stage`` / ``slug@epoch>=N`` entries, each on its
+    own instance. The first epoch is a warm-up; the rest are averaged. Inference: ``score`` in
+    eval mode over the first ``inference_requests`` test requests at the run's eval batch size,
+    after the timed epochs (the last phase's instance), in ms per request.
     """
     import torch
 
@@ -198,36 +218,59 @@ def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str 
     lists, _ = build_candidate_lists(dataset, data_dir=data_dir, overrides=data_cfg.to_dict(), progress=False)
     spec = data_spec(lists)
     train = SplitTensors.of(lists, "train", limit=train_cfg.max_train_requests)
-    models, stages, optims = {}, {}, {}
+    test = SplitTensors.of(lists, "test", limit=inference_requests)
+    units: dict[str, dict[str, Any]] = {}
     for m in methods:
         seed_everything(seed)
-        models[m] = registry.build(m, spec, **configs[m].model).train()
-        stages[m] = models[m].stages()[0].steps
-        optims[m] = [torch.optim.Adam(list(step.parameters()), lr=step.lr or train_cfg.lr,
-                                      weight_decay=train_cfg.weight_decay) for step in stages[m]]
-    seconds = {m: [] for m in methods}
+        for suffix, s_index, first in _phases(registry.build(m, spec, **configs[m].model)):
+            seed_everything(seed)
+            model = registry.build(m, spec, **configs[m].model).train()
+            stage = model.stages()[s_index]
+            if stage.on_start is not None:
+                stage.on_start()
+            units[m + suffix] = {"method": m, "model": model, "steps": stage.steps, "offset": first - 1,
+                                 "optims": [torch.optim.Adam(list(step.parameters()), lr=step.lr or train_cfg.lr,
+                                                             weight_decay=train_cfg.weight_decay)
+                                            for step in stage.steps]}
+    names = list(units)
+    seconds = {u: [] for u in names}
     for epoch in range(1, epochs + 2):
-        spent = dict.fromkeys(methods, 0.0)
-        for m in methods:
-            models[m].epoch_begin(epoch)
+        spent = dict.fromkeys(names, 0.0)
+        for u in names:
+            units[u]["model"].epoch_begin(epoch + units[u]["offset"])
         for batch in train.batches(train_cfg.batch_size, epoch_order(len(train), seed, 0, epoch)):
-            for i in range(len(methods)):
-                m = methods[(i + epoch) % len(methods)]
+            for i in range(len(names)):
+                u = units[names[(i + epoch) % len(names)]]
                 tick = time.perf_counter()
-                train_steps(models[m], stages[m], optims[m], batch, epoch, train_cfg.grad_clip)
-                spent[m] += time.perf_counter() - tick
-        print(f"epochs: epoch {epoch} " + ", ".join(f"{m} {v:.1f}s" for m, v in spent.items()),
+                train_steps(u["model"], u["steps"], u["optims"], batch, epoch + u["offset"], train_cfg.grad_clip)
+                spent[names[(i + epoch) % len(names)]] += time.perf_counter() - tick
+        print(f"epochs: epoch {epoch} " + ", ".join(f"{u} {v:.1f}s" for u, v in spent.items()),
               file=sys.stderr, flush=True)
         if epoch > 1:  # epoch 1 is the warm-up
-            for m in methods:
-                seconds[m].append(spent[m])
+            for u in names:
+                seconds[u].append(spent[u])
+    last = {units[u]["method"]: u for u in names}  # each method's last phase
+    inference = {}
+    for m, u in last.items():
+        model = units[u]["model"].eval()
+        with torch.no_grad():
+            warm = next(iter(test.batches(64)), None)
+            if warm is not None:
+                model.score(warm)  # first-call allocations are not part of the per-request cost
+            tick = time.perf_counter()
+            for b in test.batches(train_cfg.eval_batch_size):
+                model.score(b)
+            inference[u] = (time.perf_counter() - tick) * 1000 / max(len(test), 1)
     prm = sum(seconds["prm"]) / len(seconds["prm"])
     return {
         "dataset": dataset, "train_requests": len(train), "batch_size": train_cfg.batch_size,
         "timed_epochs": epochs, "torch_threads": torch.get_num_threads(), "settings": settings,
+        "inference_requests": len(test), "eval_batch_size": train_cfg.eval_batch_size,
         "load_average_1_5_15_after": os.getloadavg(),
-        "methods": {m: {"seconds_per_epoch": sum(v) / len(v), "ratio_to_prm": sum(v) / len(v) / prm,
-                        "params": sum(p.numel() for p in models[m].parameters())} for m, v in seconds.items()},
+        "methods": {u: {"seconds_per_epoch": sum(v) / len(v), "ratio_to_prm": sum(v) / len(v) / prm,
+                        "params": sum(p.numel() for p in units[u]["model"].parameters()),
+                        **({"inference_ms_per_request": inference[u]} if u in inference else {})}
+                    for u, v in seconds.items()},
     }
 
 
@@ -277,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             r = timing[ds] = measure_epochs(ds, args.methods.split(","), args.epochs, args.data_dir, args.settings,
                                            args.threads)
             for m, v in r["methods"].items():
-                print(f"  {ds} {m}: {v['seconds_per_epoch']:.1f} s/epoch, {v['ratio_to_prm']:.2f}x PRM", file=sys.stderr)
+                ms = f", {v['inference_ms_per_request']:.2f} ms/request" if "inference_ms_per_request" in v else ""
+                print(f"  {ds} {m}: {v['seconds_per_epoch']:.1f} s/epoch, {v['ratio_to_prm']:.2f}x PRM{ms}", file=sys.stderr)
         return _write(report, out_path)
     data = report.get("data", {})
     for ds in args.datasets:
