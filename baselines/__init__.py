@@ -1,4 +1,7 @@
-"""Baseline rerankers (registered under their slugs). Filled in by the baseline issues."""
-from baselines import dlcm, midnn, mir, pier, prm, reference, sequential, setrank
+"""Baseline rerankers (registered under their slugs)."""
+from baselines import (dcdr, diffurec, dlcm, egrerank, midnn, mir, nar4rec, pier, prm, reference, sequential,
+                       setrank)
 
-__all__ = ["dlcm", "midnn", "mir", "pier", "prm", "reference", "sequential", "setrank"]  # importing a module registers its slugs
+# importing a module registers its slugs
+__all__ = ["dcdr", "diffurec", "dlcm", "egrerank", "midnn", "mir", "nar4rec", "pier", "prm", "reference",
+           "sequential", "setrank"]

@@ -56,11 +56,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import Batch, DataSpec, bce_loss, order_scores
+from benchmark.api import Batch, DataSpec, order_scores
 from benchmark.errors import ConfigError
 from benchmark.registry import register, register_variant
 from baselines.blocks import logged_slate, mlp
 from baselines.prm import PRM
+from baselines.score_inputs import register_score_variants
 
 SEARCHES = ("fpsm", "lite")
 
@@ -228,11 +229,6 @@ class PIER(PRM):
         return parts
 
 
-register_variant("pier-lite", base="pier", search="lite",
+register_variant("pier-lite", base="pier", groups=(), search="lite",
                  doc="PIER as the Kuaishou re-implementation runs it: candidate scores, score and sort (no search)")
-register_variant("pier-c-score", base="pier", groups=("score-variants",), score_input="concat",
-                 doc="PIER + retriever score concatenated with the user state ('c score', App. D.4)")
-register_variant("pier-plus-score", base="pier", groups=("score-variants",), score_input="plus",
-                 doc="PIER + retriever score added to the user state ('+ score', App. D.4)")
-register_variant("pier-w-score", base="pier", groups=("score-variants",), score_input="weight",
-                 doc="PIER + candidate embeddings weighted by the retriever score ('w score', App. D.4)")
+register_score_variants("pier", "PIER")

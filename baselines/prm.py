@@ -17,7 +17,7 @@ from torch import nn
 from benchmark.api import Batch, DataSpec, Reranker, bce_loss
 from benchmark.registry import register, register_variant
 from baselines.blocks import ListEncoder, UserStateEncoder, item_table, mlp
-from baselines.score_inputs import ScoreInput
+from baselines.score_inputs import ScoreInput, register_score_variants
 
 
 @register("prm", groups=("baselines",))
@@ -96,11 +96,6 @@ class PRM(Reranker):
         return {"bce": main, **aux} if aux else main
 
 
-register_variant("prm-c-score", base="prm", groups=("score-variants",), score_input="concat",
-                 doc="PRM + retriever score concatenated with the user state ('c score', App. D.4)")
-register_variant("prm-plus-score", base="prm", groups=("score-variants",), score_input="plus",
-                 doc="PRM + retriever score added to the user state ('+ score', App. D.4)")
-register_variant("prm-w-score", base="prm", groups=("score-variants",), score_input="weight",
-                 doc="PRM + candidate embeddings weighted by the retriever score ('w score', App. D.4)")
+register_score_variants("prm", "PRM")
 register_variant("prm-large", base="prm", groups=("large",), n_layers=6,
                  doc="PRM with 6 transformer layers: the 'larger PRM' of App. E.5")

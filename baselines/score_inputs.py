@@ -27,6 +27,21 @@ from benchmark.errors import ConfigError
 
 MODES = ("none", "concat", "plus", "weight")
 
+VARIANTS = {"c": ("concat", "concatenated with the user state ('c score', App. D.4)"),
+            "plus": ("plus", "added to the user state ('+ score', App. D.4)"),
+            "w": ("weight", "weighting the candidate embeddings ('w score', App. D.4)")}
+"""Slug suffix -> (``score_input`` mode, description) of the three score variants (Table 2)."""
+
+
+def register_score_variants(base: str, label: str) -> None:
+    """Register ``<base>-c-score``, ``<base>-plus-score`` and ``<base>-w-score`` on a backbone
+    that accepts ``score_input`` (PRM, PIER), in the ``score-variants`` group."""
+    from benchmark.registry import register_variant
+
+    for suffix, (mode, what) in VARIANTS.items():
+        register_variant(f"{base}-{suffix}-score", base=base, groups=("score-variants",), score_input=mode,
+                         doc=f"{label} + retriever score {what}")
+
 
 def list_standardise(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``(x - mean) / (std + eps)`` over the real candidates of each list; 0 on padded slots."""
