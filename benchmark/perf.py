@@ -13,6 +13,11 @@ the same hyper-parameters, batch size, optimiser and number of epochs. Target: o
 slower than RecBole's trainer for the same model, in sequences encoded per second (see
 ``RECBOLE_NOTE``). The RecBole side lives in :func:`baselines.recbole_adapter.recbole_sasrec_throughput`
 (the one module that imports RecBole).
+
+Section ``epochs`` (issues "baselines I/II", "harness"): training seconds per epoch of each method
+relative to PRM, every batch stepped by each method in turn, each training phase timed on its own
+(:func:`measure_epochs`), and inference milliseconds per request. ``--label`` names the JSON key,
+so that measurements of different method sets sit side by side.
 """
 from __future__ import annotations
 
@@ -299,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                         "cores makes PyTorch's thread pool stall)")
     p.add_argument("--epochs", type=int, default=1,
                    help="recbole: training epochs on each side; epochs: timed epochs after one warm-up")
+    p.add_argument("--label", default="epochs",
+                   help="epochs section: the key of the JSON object the timings go under (one per method set, "
+                        "so that a second set does not overwrite the first)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="recbole section: batch size on both sides (default: ml-100k's train.batch_size)")
     args = p.parse_args(argv)
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(ratio {r['ours_over_recbole_sequences_per_second']:.2f})", file=sys.stderr)
         return _write(report, out_path)
     if args.section == "epochs":
-        timing = report.setdefault("epochs", {})
+        timing = report.setdefault(args.label, {})
         for ds in args.datasets:
             r = timing[ds] = measure_epochs(ds, args.methods.split(","), args.epochs, args.data_dir, args.settings,
                                            args.threads)
