@@ -21,7 +21,16 @@ from benchmark.paper import SUBSTITUTES, paper_value
 from benchmark.store import RunSpec
 
 METRICS = ("H@6", "N@6", "M@6", "F1@6", "AUC")
-REFERENCES = ("prm", "prm-c-score", "prm-plus-score", "prm-w-score")
+SCORE_SUFFIXES = ("", "-c-score", "-plus-score", "-w-score")
+
+
+def references(dnr_method: str) -> list[str]:
+    """What a DNR run is tested against: its backbone and the backbone's three score variants
+    (PRM for the Table 1/3 rows, PIER for ``dnr-pier``; Table 2)."""
+    from benchmark import registry
+
+    backbone = registry.get(dnr_method).hyperparameters().get("backbone", "prm")
+    return [backbone + suffix for suffix in SCORE_SUFFIXES]
 
 
 def records_frame(results_dir: Path) -> pd.DataFrame:
@@ -32,7 +41,8 @@ def records_frame(results_dir: Path) -> pd.DataFrame:
         rows.append({"dataset": r["dataset"], "method": r["method"], "seed": r["seed"],
                      "profile": r["config"]["profile"], "fill": r["config"]["data"]["fill"],
                      "epochs": r["epochs_run"], "best_epoch": r["best_epoch"],
-                     "sec_per_epoch": r["seconds_per_epoch"], **{m: r["metrics"]["test"][m] for m in METRICS}})
+                     "sec_per_epoch": r["seconds_per_epoch"], "rank_derived_auc": bool(r.get("rank_derived_auc")),
+                     **{m: r["metrics"]["test"][m] for m in METRICS}})
     return pd.DataFrame(rows)
 
 
@@ -50,7 +60,7 @@ def paired_tests(results_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
     for dataset, part in frame.groupby("dataset"):
         seeds_of = {m: sorted(g["seed"]) for m, g in part.groupby("method")}
         for method in sorted(m for m in seeds_of if m.startswith("dnr")):
-            for ref in REFERENCES:
+            for ref in references(method):
                 if ref not in seeds_of:
                     continue
                 shared = sorted(set(seeds_of[method]) & set(seeds_of[ref]))
@@ -106,9 +116,12 @@ def render(results_dir: Path) -> str:
         table = table.round({"epochs": 1, "sec_per_epoch": 2})
         fills = ", ".join(sorted(set(part["fill"])))
         out += [f"## {dataset} (fill: {fills})", "", table.reset_index().to_markdown(index=False), ""]
+        derived = sorted(set(part.loc[part["rank_derived_auc"], "method"]))
+        if derived:
+            out += [f"AUC is rank-derived (the method emits an order; methods.md §1.3) for: {', '.join(derived)}.", ""]
     tests = paired_tests(results_dir, frame)
     if not tests.empty:
-        out += ["## DNR vs PRM and the score variants: paired t-tests",
+        out += ["## DNR vs its backbone and the backbone's score variants: paired t-tests",
                 "", "Two-sided `scipy.stats.ttest_rel` over test requests (per-request values averaged "
                     "over the shared seeds); Δ = DNR − reference, ×100. No multiple-comparison correction.",
                 "", tests.to_markdown(index=False, floatfmt=".4g"), ""]
