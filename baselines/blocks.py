@@ -7,6 +7,7 @@
   feedback-label embedding), read out at the last real position and fused with a user-id
   embedding; rows with an empty history get a learned vector instead;
 * :func:`mlp`: Linear-ReLU-Dropout stacks, and :func:`widths` to read their widths from a setting;
+* :func:`candidate_inputs`: f_i = [e_i ; h_u], the per-candidate input of the list baselines;
 * :func:`logged_slate`: the logged list of a request as candidate columns (the training target
   of the list generators: EGRerank's evaluator, NAR4Rec, DCDR, PIER).
 
@@ -112,6 +113,14 @@ class UserStateEncoder(nn.Module):
         last = self.encoder(steps, valid)[:, -1]
         last = torch.where((batch.hist_len > 0)[:, None], last, self.empty_history)
         return self.fuse(torch.cat([last, self.users(batch.user)], dim=-1))
+
+
+def candidate_inputs(batch: Batch, items: nn.Embedding, user_encoder: "UserStateEncoder") -> torch.Tensor:
+    """``[B, C, 2 * hidden]``: each candidate's item embedding beside the user state,
+    f_i = [e_{c_i} ; h_u] (methods.md §1.4), from the model's own item table and user encoder."""
+    user = user_encoder(batch, items(batch.hist_items))
+    item = items(batch.items)
+    return torch.cat([item, user[:, None, :].expand_as(item)], dim=-1)
 
 
 def widths(text: str, name: str) -> tuple[int, ...]:

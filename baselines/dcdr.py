@@ -90,7 +90,7 @@ from torch.nn import functional as F
 from benchmark.api import Batch, DataSpec, Reranker, bce_loss, order_scores
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import ListEncoder, UserStateEncoder, item_table, logged_slate, mlp
+from baselines.blocks import ListEncoder, UserStateEncoder, candidate_inputs, item_table, logged_slate, mlp
 
 NO_TARGET = -100
 """``ignore_index`` of the slot cross-entropy (a target slot holding a padded column)."""
@@ -152,9 +152,7 @@ class DCDR(Reranker):
 
     def context(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(c [B, C, hidden], evaluator logits e [B, C])``."""
-        user = self.user_encoder(batch, self.items(batch.hist_items))
-        item = self.items(batch.items)
-        x = self.input_mlp(torch.cat([item, user[:, None, :].expand_as(item)], dim=-1))
+        x = self.input_mlp(candidate_inputs(batch, self.items, self.user_encoder))
         c = self.candidates(x, batch.mask)
         return c, self.evaluator(c).squeeze(-1)
 

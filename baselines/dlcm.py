@@ -33,7 +33,7 @@ from torch import nn
 from benchmark.api import Batch, DataSpec, Reranker
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import UserStateEncoder, item_table
+from baselines.blocks import UserStateEncoder, candidate_inputs, item_table
 from baselines.losses import attention_rank_loss
 
 FEEDS = ("bottom-up", "top-down")
@@ -74,9 +74,7 @@ class DLCM(Reranker):
         return order, n_real
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        user = self.user_encoder(batch, self.items(batch.hist_items))
-        item = self.items(batch.items)
-        x = self.abstraction(torch.cat([item, user[:, None, :].expand_as(item)], dim=-1))
+        x = self.abstraction(candidate_inputs(batch, self.items, self.user_encoder))
         order, n_real = self.feed_order(batch.mask)
         width = x.shape[-1]
         outputs, _ = self.gru(x.gather(1, order[..., None].expand(-1, -1, width)))

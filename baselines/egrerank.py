@@ -92,7 +92,7 @@ from torch import nn
 from benchmark.api import Batch, DataSpec, Reranker, Stage, Step, bce_loss, order_scores
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import UserStateEncoder, item_table, logged_slate, mlp, widths
+from baselines.blocks import UserStateEncoder, candidate_inputs, item_table, logged_slate, mlp, widths
 
 NEG = -1e9
 """Logit of a candidate that may not be chosen: finite, so that softmax gives it exactly 0 and the
@@ -148,9 +148,7 @@ class Evaluator(nn.Module):
 
     def inputs(self, batch: Batch) -> torch.Tensor:
         """``x`` ``[B, C, 2 hidden]``: ``[e_i ; h_u]`` of every candidate."""
-        user = self.user_encoder(batch, self.items(batch.hist_items))
-        item = self.items(batch.items)
-        return torch.cat([item, user[:, None, :].expand_as(item)], dim=-1)
+        return candidate_inputs(batch, self.items, self.user_encoder)
 
     def slate_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Click logits ``[N, K]`` of slates ``x`` ``[N, K, 2 hidden]`` given in display order."""

@@ -83,7 +83,7 @@ from torch import nn
 from benchmark.api import Batch, DataSpec, Reranker, order_scores
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import ListEncoder, UserStateEncoder, item_table, logged_slate, mlp
+from baselines.blocks import ListEncoder, UserStateEncoder, candidate_inputs, item_table, logged_slate, mlp
 
 UNLIKELIHOOD_MODES = ("sequence", "token")
 
@@ -202,9 +202,7 @@ class NAR4Rec(Reranker):
     def forward_parts(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of the matching model: ``(log P [B, m, C], candidate encodings c [B, C, d])``.
         Padded candidates have log P = -inf (P = 0); every row of P sums to 1 over the real ones."""
-        user = self.user_encoder(batch, self.items(batch.hist_items))
-        item = self.items(batch.items)
-        reps = self.encoder(self.input_mlp(torch.cat([item, user[:, None, :].expand_as(item)], dim=-1)), batch.mask)
+        reps = self.encoder(self.input_mlp(candidate_inputs(batch, self.items, self.user_encoder)), batch.mask)
         # a request without any real candidate attends to every slot (its output is masked anyway)
         blocked = ~batch.mask & batch.mask.any(dim=1, keepdim=True)
         queries = self.queries.expand(reps.shape[0], -1, -1)

@@ -35,7 +35,7 @@ from torch import nn
 from benchmark.api import Batch, DataSpec, Reranker
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import UserStateEncoder, blocked_attention, item_table, mlp
+from baselines.blocks import UserStateEncoder, blocked_attention, candidate_inputs, item_table, mlp
 from baselines.losses import attention_rank_loss
 
 BLOCKS = ("msab", "imsab")
@@ -105,9 +105,7 @@ class SetRank(Reranker):
         self.head = mlp((hidden, hidden, 1), dropout)
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        user = self.user_encoder(batch, self.items(batch.hist_items))
-        item = self.items(batch.items)
-        x = self.project(torch.cat([item, user[:, None, :].expand_as(item)], dim=-1))
+        x = self.project(candidate_inputs(batch, self.items, self.user_encoder))
         if self.ordinal is not None:
             x = x + self.ordinal.weight[: x.shape[1]]
         x = self.dropout(x)

@@ -12,6 +12,10 @@ def build(slug, spec, **hparams):
     return registry.build(slug, spec, **hparams).eval()
 
 
-def scores(model, batch):
+def scores(model, batch, seed=None):
+    """``model.score(batch)`` without gradients; with ``seed``, torch's global RNG is seeded first
+    (for methods whose inference draws from it)."""
     with torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
         return model.score(batch)

@@ -13,6 +13,7 @@ from benchmark import registry
 from benchmark.batches import SplitTensors
 from benchmark.config import TrainConfig
 from benchmark.trainer import fit, seed_everything
+from helpers import scores
 
 SLUGS = sorted(registry.available())
 CFG = TrainConfig(batch_size=128, max_epochs=2, patience=1, max_train_requests=256)
@@ -51,11 +52,11 @@ def test_method_smoke(slug, tiny_spec, splits, tiny_batch):
     model.eval()
     with torch.no_grad():
         top = model.rerank(tiny_batch, 6)
-        scores = model.score(tiny_batch)
+        values = model.score(tiny_batch)
     assert top.shape == (len(tiny_batch), 6)
     assert ((top >= 0) & (top < 50)).all()
     assert all(len(set(row.tolist())) == 6 for row in top)
-    assert scores.shape == (len(tiny_batch), 50) and torch.isfinite(scores).all()
+    assert values.shape == (len(tiny_batch), 50) and torch.isfinite(values).all()
     # finite losses, every step that ran
     for entry in result.history:
         for parts in entry["train_loss"].values():
@@ -73,12 +74,7 @@ def test_method_smoke(slug, tiny_spec, splits, tiny_batch):
     fresh = build(slug, tiny_spec, seed=99)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     fresh.eval()
-    with torch.no_grad():
-        torch.manual_seed(0)
-        a = model.score(tiny_batch)
-        torch.manual_seed(0)
-        b = fresh.score(tiny_batch)
-    assert torch.equal(a, b)
+    assert torch.equal(scores(model, tiny_batch, seed=0), scores(fresh, tiny_batch, seed=0))
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -89,12 +85,7 @@ def test_scores_never_read_labels_or_exposure(slug, tiny_spec, tiny_batch):
 
     model = build(slug, tiny_spec).eval()
     flipped = dataclasses.replace(tiny_batch, labels=1.0 - tiny_batch.labels, exposed=~tiny_batch.exposed)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        a = model.score(tiny_batch)
-        torch.manual_seed(0)
-        b = model.score(flipped)
-    assert torch.equal(a, b)
+    assert torch.equal(scores(model, tiny_batch, seed=0), scores(model, flipped, seed=0))
 
 
 def test_order_scores_reproduce_the_order_and_keep_the_rest():
