@@ -288,7 +288,8 @@ def _caption(table: Table1, latex: bool) -> str:
 
 _TEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                 "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
-                "–": "--", "—": "---", "α": "$\\alpha$"}
+                "–": "--", "—": "---", "α": "$\\alpha$", "×": "$\\times$", "Δ": "$\\Delta$",
+                "≥": "$\\geq$", "≤": "$\\leq$", "†": "$^{\\dagger}$", "§": "\\S{}"}
 
 
 def _escape(text: str) -> str:

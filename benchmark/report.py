@@ -1,0 +1,229 @@
+"""``python -m benchmark.report``: every table and figure of the report, from the stored records.
+
+    python -m benchmark.report [--results-dir results] [--out-dir DIR] [--datasets ml-1m,kuairand,...]
+        [--test t|randomisation] [--alpha 0.05] [--no-figures]
+
+A pure function of the results store (``<results-dir>/runs/``, and ``<results-dir>/sweeps/`` for
+the sensitivity figure): it never trains and never reads a model, so the tables can be regenerated
+on any machine from the committed records. Given the same records it writes the same files (no
+timestamps), so a re-generated report diffs cleanly.
+
+Writes, under ``--out-dir`` (default: the results dir):
+
+* ``tables/table1.{md,tex}`` (``benchmark.tables``), ``tables/table1_tests.csv`` (the dagger family)
+  and ``tables/table1_all_baselines.csv`` (DNR-B and DNR-G against every baseline in every column,
+  one Holm family per DNR row: reporting.md §3.1 "Full family");
+* ``tables/table{2,3,8,9,10,12}.{md,tex}`` and ``tables/paper_vs_measured.{md,tex}``
+  (``benchmark.paper_tables``), with a ``*_tests.csv`` beside each tested table;
+* ``figures/*.{png,pdf}`` (``benchmark.figures``);
+* ``README.md``: an index saying what was run, on what data, with which commands, and which tables
+  and figures could not be drawn and why.
+
+Exit codes: 0 written; 2 bad input (no records, unknown dataset or test).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark import paper_tables, stats, tables
+from benchmark.errors import BenchmarkError, UserInputError
+from benchmark.paper import SUBSTITUTES
+from benchmark.summary import METRICS, records_frame
+
+DATASET_ORDER = ("ml-1m", "kuairand", "amazon-books")
+TREATMENTS = ("dnr-b", "dnr-g")
+
+
+@dataclasses.dataclass
+class Report:
+    files: list[Path]
+    skipped: dict[str, str]
+    """Table or figure name -> why it was not written."""
+    seconds: float
+
+
+def default_datasets(frame: pd.DataFrame) -> list[str]:
+    """The datasets with finished runs: the paper's three in its order, then any other, sorted."""
+    present = set(frame["dataset"])
+    return [d for d in DATASET_ORDER if d in present] + sorted(present - set(DATASET_ORDER))
+
+
+def full_family(results_dir: Path, table: tables.Table1, test: str, alpha: float) -> pd.DataFrame:
+    """Each DNR row of Table 1 against every baseline in every column; Holm over each DNR row's tests."""
+    baselines = [m for m in table.values.index if table.families[m] not in (tables.REFERENCE, tables.DNR)]
+    out = []
+    for treatment in TREATMENTS:
+        if treatment not in table.values.index:
+            continue
+        parts = []
+        for dataset in table.datasets:
+            have = [m for m in baselines if pd.notna(table.values.loc[m, (dataset, "N@6")])]
+            if not have or pd.isna(table.values.loc[treatment, (dataset, "N@6")]):
+                continue
+            for metric in METRICS:
+                parts.append(stats.compare(results_dir, dataset, metric, treatment, have, test=test,
+                                           alpha=alpha, correction="none"))
+        if not parts:
+            continue
+        family = pd.concat(parts, ignore_index=True)
+        family["p_adjusted"], reject = stats.holm(family["p_value"].to_numpy(), alpha)
+        family["significant"] = reject & (family["difference"] > 0).to_numpy()
+        family["family_size"] = int(family["p_value"].notna().sum())
+        out.append(family)
+    if not out:
+        return pd.DataFrame()
+    frame = pd.concat(out, ignore_index=True)
+    for col in ("mean_treatment", "mean_control", "difference", "ci_low", "ci_high"):
+        frame[col] = 100 * frame[col]
+    return frame
+
+
+def _write(path: Path, text: str, files: list[Path]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    files.append(path)
+
+
+def _csv(path: Path, frame: pd.DataFrame, files: list[Path]) -> None:
+    _write(path, frame.to_csv(index=False, float_format="%.6g"), files)
+
+
+def _run_lines(frame: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
+    lines = ["| Dataset | Data | Methods | Seeds per method | Profile | Fill | Records |", "|---|---|---|---|---|---|---|"]
+    for d in datasets:
+        part = frame[frame["dataset"] == d]
+        seeds = part.groupby("method")["seed"].nunique()
+        span = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+        lines.append(f"| {tables.dataset_name(d)} | {SUBSTITUTES.get(d, 'not in the paper')} | {part['method'].nunique()} "
+                     f"| {span} | {', '.join(sorted(set(part['profile'])))} | {', '.join(sorted(set(part['fill'])))} "
+                     f"| {len(part)} |")
+    return lines
+
+
+def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, files: list[Path],
+               skipped: dict[str, str], argv: Sequence[str]) -> str:
+    """``README.md`` of the results folder: what was run, on what, how to reproduce, what is where."""
+    rel = sorted(str(f.relative_to(out_dir)) for f in files)
+    table_files = [f for f in rel if f.startswith("tables/") and f.endswith(".md")]
+    figure_files = [f for f in rel if f.startswith("figures/") and f.endswith(".png")]
+    methods = frame[frame["dataset"].isin(datasets)].groupby("dataset")["method"].unique()
+    out = [
+        "# Results", "",
+        "Generated by `python -m benchmark.report" + (" " + " ".join(argv) if argv else "") + "` from the run "
+        "records under `runs/` (one JSON + per-request NPZ per dataset × method × seed); it never trains. "
+        "Regenerate after new runs with the same command. Records are written by "
+        "`python -m benchmark --methods … --dataset … --seeds 0 1 2` or `./run_all.sh` (README of the project).", "",
+        "## What was run", "", *_run_lines(frame, datasets), "",
+    ]
+    for d in datasets:
+        out.append(f"- {tables.dataset_name(d)}: {', '.join(sorted(methods.get(d, [])))}")
+    out += ["", "## Tables", ""]
+    out += [f"- [{Path(f).stem}]({f}) ([LaTeX]({f[:-3]}.tex))" for f in table_files]
+    csvs = [f for f in rel if f.endswith(".csv")]
+    if csvs:
+        out += ["", "Significance tests behind the marks (raw and Holm-adjusted p, difference with its 95% CI, "
+                    "win/tie/loss): " + ", ".join(f"[{Path(f).name}]({f})" for f in csvs) + "."]
+    out += ["", "## Figures", ""]
+    out += [f"- [{Path(f).stem}]({f}) ([PDF]({f[:-4]}.pdf))" for f in figure_files] or ["- none drawn"]
+    if skipped:
+        out += ["", "## Not drawn", "", *[f"- {name}: {why}" for name, why in sorted(skipped.items())]]
+    out += ["", "Per-run details (configuration, environment, epoch history) are in each record's JSON; "
+                "`python -m benchmark.summary` prints a short overview.", ""]
+    return "\n".join(out)
+
+
+def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str] | None = None,
+          test: str = "t", alpha: float = 0.05, figures: bool = True,
+          argv: Sequence[str] = ()) -> Report:
+    """Write every table, figure and the index; return what was written and what was not."""
+    started = time.perf_counter()
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir
+    if test not in stats.TESTS:
+        raise UserInputError(f"unknown test {test!r}; choose one of {stats.TESTS}")
+    if not 0 < alpha < 1:
+        raise UserInputError(f"--alpha must be in (0, 1), got {alpha}")
+    frame = records_frame(results_dir)
+    if frame.empty:
+        raise UserInputError(f"no finished runs under {results_dir / 'runs'}; run `python -m benchmark` first")
+    datasets = list(datasets) if datasets else default_datasets(frame)
+    unknown = sorted(set(datasets) - set(frame["dataset"]))
+    if unknown:
+        raise UserInputError(f"no finished runs for dataset(s) {unknown} under {results_dir}; "
+                             f"have: {sorted(set(frame['dataset']))}")
+    files: list[Path] = []
+    skipped: dict[str, str] = {}
+    tdir = out_dir / "tables"
+
+    try:
+        main = tables.table1(results_dir, datasets, test=test, alpha=alpha)
+    except UserInputError as exc:
+        skipped["table1"] = str(exc)
+    else:
+        _write(tdir / "table1.md", tables.to_markdown(main), files)
+        latex = tables.to_latex(main)
+        tables.check_latex(latex)
+        _write(tdir / "table1.tex", latex, files)
+        if len(main.tests):
+            _csv(tdir / "table1_tests.csv", main.tests, files)
+        family = full_family(results_dir, main, test, alpha)
+        if len(family):
+            _csv(tdir / "table1_all_baselines.csv", family, files)
+
+    grids = {g.key: g for g in paper_tables.build_all(results_dir, datasets, test, alpha)}
+    for key in ("table2", "table3", "table8", "table9", "table10", "table12", "paper_vs_measured"):
+        grid = grids.get(key)
+        if grid is None:
+            layout = paper_tables.LAYOUTS.get(key)
+            needs = ", ".join(layout.defining) if layout else {"table8": "retriever", "table12": "prm, pier, dcdr, "
+                                                             "the PRM score variants, dnr-b"}.get(key, "any method")
+            skipped[key] = f"no finished run of {needs} on {', '.join(datasets)}"
+            continue
+        _write(tdir / f"{key}.md", paper_tables.to_markdown(grid), files)
+        _write(tdir / f"{key}.tex", paper_tables.to_latex(grid), files)
+        if grid.tests is not None and len(grid.tests):
+            _csv(tdir / f"{key}_tests.csv", grid.tests, files)
+
+    if figures:
+        from benchmark import figures as figs
+
+        fdir = out_dir / "figures"
+        files += figs.render_all(results_dir, fdir, datasets)
+        skipped.update({f"figure {k}": v for k, v in figs.skipped(results_dir, datasets).items()})
+    _write(out_dir / "README.md", index_text(frame, datasets, out_dir, files, skipped, argv), files)
+    return Report(files, skipped, time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.split("\n\n")[0],
+                                epilog="Exit codes: 0 written, 2 bad input.")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--out-dir", type=Path, help="where tables/, figures/ and README.md go (default: --results-dir)")
+    p.add_argument("--datasets", "--dataset", help="comma-separated (default: every dataset with runs)")
+    p.add_argument("--test", choices=stats.TESTS, default="t", help="paired test (default: t)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--no-figures", action="store_true")
+    args = p.parse_args(argv)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    try:
+        report = build(args.results_dir, args.out_dir, datasets, args.test, args.alpha, not args.no_figures,
+                       argv=argv)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    out = args.out_dir or args.results_dir
+    print(f"wrote {len(report.files)} files under {out} in {report.seconds:.1f}s"
+          + "".join(f"\n  not written: {k}: {v}" for k, v in sorted(report.skipped.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
