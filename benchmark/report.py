@@ -85,6 +85,28 @@ def full_family(results_dir: Path, table: tables.Table1, test: str, alpha: float
     return frame
 
 
+def seed_std_text(frame: pd.DataFrame, table: tables.Table1) -> str:
+    """Appendix to Table 1 (reporting.md §3.3): the standard deviation over seeds of each cell."""
+    part = frame[frame["dataset"].isin(table.datasets) & frame["method"].isin(table.values.index)]
+    std = (part.groupby(["method", "dataset"])[list(METRICS)].std(ddof=1) * 100).unstack("dataset")
+    count = part.groupby(["method", "dataset"])["seed"].nunique().unstack("dataset")
+    rows = []
+    for method in table.values.index:
+        row = [table.names[method]]
+        for dataset in table.datasets:
+            for metric in METRICS:
+                n = count.get(dataset, pd.Series(dtype=float)).get(method, 0)
+                value = std[(metric, dataset)].get(method) if (metric, dataset) in std else None
+                row.append(f"{value:.2f}" if n and n > 1 and pd.notna(value) else ("n=1" if n == 1 else "–"))
+        rows.append(row)
+    from tabulate import tabulate
+
+    headers = ["Method", *(f"{tables.dataset_name(d)} {m}" for d in table.datasets for m in METRICS)]
+    return ("**Table 1, seed spread.** Standard deviation over seeds (×100, ddof = 1) of each Table 1 cell; "
+            "n=1: a single seed, so no spread; –: not run.\n\n"
+            + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
+
+
 def _write(path: Path, text: str, files: list[Path]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -173,6 +195,7 @@ def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str
         _write(tdir / "table1.tex", latex, files)
         if len(main.tests):
             _csv(tdir / "table1_tests.csv", main.tests, files)
+        _write(tdir / "table1_seed_std.md", seed_std_text(frame, main), files)
         family = full_family(results_dir, main, test, alpha)
         if len(family):
             _csv(tdir / "table1_all_baselines.csv", family, files)

@@ -149,7 +149,7 @@ def test_renderers(results):
 
 def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
     first = report.build(results, tmp_path / "a", figures=False, argv=["--results-dir", "R"])
-    second = report.build(results, tmp_path / "b", figures=False, argv=["--results-dir", "R"])
+    report.build(results, tmp_path / "b", figures=False, argv=["--results-dir", "R"])
     names = sorted(str(p.relative_to(tmp_path / "a")) for p in first.files)
     assert "tables/table1.tex" in names and "tables/table2.md" in names and "README.md" in names
     assert "tables/table1_all_baselines.csv" in names and "tables/paper_vs_measured.tex" in names
