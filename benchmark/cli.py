@@ -2,8 +2,13 @@
 
     python -m benchmark --methods prm,dnr-b --dataset ml-100k [--seeds 0 1 2] [--devices cpu]
         [--backend sequential|loky|dask] [--n-jobs N] [--profile smoke|paper]
-        [--results-dir DIR] [--set KEY=VALUE ...] [--force]
+        [--results-dir DIR] [--set KEY=VALUE ...] [--sweep KEY=V1,V2,...] [--force]
     python -m benchmark --list
+
+``--sweep KEY=V1,V2,...`` runs the selection once per value, exactly as ``--set KEY=V`` would, each
+point into its own results root ``<results-dir>/sweeps/<KEY>=<V>/`` (runs/<dataset>/<method>/seed<k>.json
+as usual, so finished points are skipped and the main results are never mixed with sweep points);
+``benchmark.figures`` draws the paper's Figure 3 from them.
 
 Exit codes: 0 everything asked for ran (or was already finished), 1 a run failed (its record
 holds the error; re-running retries it), 2 bad input.
@@ -11,18 +16,22 @@ holds the error; re-running retries it), 2 bad input.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
 from benchmark import registry
-from benchmark.config import PROFILES, check_settings, parse_set_options
+from benchmark.config import PROFILES, check_settings, parse_set_options, resolve_run_config
 from benchmark.data.sources import get_source
 from benchmark.errors import BenchmarkError, UserInputError
 from benchmark.runner import BACKENDS, RunOptions, execute, plan
 
 DEFAULT_RESULTS = Path("results")
+SWEEP_DIR = "sweeps"
+"""Folder under ``--results-dir`` that holds one results root per sweep point, named ``<KEY>=<V>``."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=list(PROFILES), default="paper")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
     p.add_argument("--set", dest="settings", action="append", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append",
+                   help="run the selection once per value of one setting (as --set KEY=V), each into "
+                        f"<results-dir>/{SWEEP_DIR}/<KEY>=<V>/ (the paper's Figure 3)")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--data-dir", help="raw data folder (see python -m benchmark.data --help)")
     p.add_argument("--cache-dir", help="cache folder for raw downloads and built lists")
@@ -63,6 +75,75 @@ def list_methods() -> str:
                     maxcolwidths=[None, None, None, 90])
 
 
+def sweep_value_name(value) -> str:
+    """The canonical text of one parsed sweep value, as used in its folder name: ``0.10`` and ``0.1``
+    are one point, and so are ``1`` and ``1.0`` (an int fits a float setting). The folder name
+    ``<KEY>=<text>`` is itself a valid ``--set`` item, which is how ``benchmark.figures`` reads it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str) and value and not value.startswith(".") and "/" not in value and "\\" not in value:
+        return value
+    raise UserInputError(f"--sweep value {value!r}: sweep values must be numbers, booleans or plain words "
+                         "(no arrays, tables, dates or path separators)")
+
+
+def sweep_points(spec: str, settings: dict, methods: list[str], datasets: list[str], profile: str,
+                 results_dir: Path) -> list[tuple[Path, dict]]:
+    """``--sweep KEY=V1,V2,...`` -> one (results root, settings) per value, in the given order.
+
+    Each point's settings are the ``--set`` settings plus ``KEY=V``, checked exactly as ``--set``
+    is (``check_settings`` and a full config resolution for every dataset and method), so a bad
+    value fails before anything trains. Also refused: a key that ``--set`` gives too, a
+    ``--set <method>.NAME`` that would override a swept ``model.NAME`` for that method, a
+    ``<method>.KEY`` for a method not selected, repeated values, and a selected method that the key
+    does not change (it would be trained once per point for nothing)."""
+    if "=" not in spec:
+        raise UserInputError(f"--sweep {spec!r}: expected KEY=V1,V2,..., e.g. dnr-b.alpha=0.1,0.2,0.4")
+    key, raw = (part.strip() for part in spec.split("=", 1))
+    if "." not in key:
+        raise UserInputError(f"--sweep {spec!r}: KEY must be section.name, e.g. dnr-b.alpha or train.lr")
+    section, name = key.split(".", 1)
+    raws = [v.strip() for v in raw.split(",")]
+    if not raw.strip() or any(not v for v in raws):
+        raise UserInputError(f"--sweep {key}: give a comma-separated list of values without empty items")
+    if name in settings.get(section, {}):
+        raise UserInputError(f"--sweep {key} is also given in --set; sweep it or fix it, not both")
+    if section == "model":
+        clash = [m for m in methods if name in settings.get(m, {})]
+        if clash:
+            raise UserInputError(f"--set {clash[0]}.{name} would override the swept model.{name} for {clash[0]}; "
+                                 f"drop it or sweep {clash[0]}.{name}")
+    elif section not in ("data", "train") and section in registry.available() and section not in methods:
+        raise UserInputError(f"--sweep {key}: {section} is not among the selected methods ({','.join(methods)})")
+    points: list[tuple[Path, dict]] = []
+    seen: dict[str, str] = {}
+    digests: dict[tuple[str, str], set[str]] = {}
+    for item in raws:
+        point = copy.deepcopy(settings)
+        for sec, values in parse_set_options([f"{key}={item}"]).items():
+            point.setdefault(sec, {}).update(values)
+        text = sweep_value_name(point[section][name])
+        if text in seen:
+            raise UserInputError(f"--sweep {key}: the value {item!r} repeats {seen[text]!r}")
+        seen[text] = item
+        check_settings(point, methods)
+        for dataset in datasets:
+            for method in methods:
+                digest = resolve_run_config(dataset, method, profile, point).digest()
+                digests.setdefault((dataset, method), set()).add(digest)
+        points.append((Path(results_dir) / SWEEP_DIR / f"{key}={text}", point))
+    if len(points) > 1:
+        unchanged = sorted({m for (_, m), found in digests.items() if len(found) == 1})
+        if unchanged:
+            raise UserInputError(f"--sweep {key} does not change {', '.join(unchanged)} (no such setting there); "
+                                 "leave it out of --methods or sweep a key it has")
+    return points
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -80,15 +161,31 @@ def main(argv: list[str] | None = None) -> int:
         opts = RunOptions(results_dir=args.results_dir, profile=args.profile, settings=settings,
                           data_dir=args.data_dir, cache_dir=args.cache_dir, download=not args.no_download,
                           force=args.force, progress=not args.quiet and sys.stderr.isatty(), threads=args.threads)
-        todo, done = plan(datasets, methods, args.seeds, opts)
+        if args.sweep and len(args.sweep) > 1:
+            raise UserInputError("one --sweep per call (each sweep is a 1-D curve); run the other keys in their "
+                                 "own calls")
+        points = (sweep_points(args.sweep[0], settings, methods, datasets, args.profile, args.results_dir)
+                  if args.sweep else [(args.results_dir, settings)])
+        jobs = []  # every point is planned (and so validated) before anything trains
+        for root, point_settings in points:
+            point_opts = dataclasses.replace(opts, results_dir=root, settings=point_settings)
+            jobs.append((point_opts, *plan(datasets, methods, args.seeds, point_opts)))
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"{len(todo) + len(done)} runs asked for: {len(done)} already finished, {len(todo)} to run "
-          f"({args.backend}, devices {','.join(devices)}) -> {args.results_dir}", flush=True)
-    started = time.perf_counter()
-    summaries = execute(todo, opts, devices, args.backend, args.n_jobs, args.scheduler)
-    failed = [s for s in summaries if s["status"] != "ok"]
-    print(f"finished in {time.perf_counter() - started:.0f}s: {len(summaries) - len(failed)} ok, {len(failed)} failed"
-          + "".join(f"\n  failed {s['spec'].name}: {s['error']}" for s in failed), flush=True)
+    failed = []
+    for point_opts, todo, done in jobs:
+        print(f"{len(todo) + len(done)} runs asked for: {len(done)} already finished, {len(todo)} to run "
+              f"({args.backend}, devices {','.join(devices)}) -> {point_opts.results_dir}", flush=True)
+        started = time.perf_counter()
+        try:
+            summaries = execute(todo, point_opts, devices, args.backend, args.n_jobs, args.scheduler)
+        except BenchmarkError as exc:  # e.g. an unreachable --scheduler: bad input, nothing trained
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        point_failed = [s for s in summaries if s["status"] != "ok"]
+        failed += point_failed
+        print(f"finished in {time.perf_counter() - started:.0f}s: {len(summaries) - len(point_failed)} ok, "
+              f"{len(point_failed)} failed"
+              + "".join(f"\n  failed {s['spec'].name}: {s['error']}" for s in point_failed), flush=True)
     return 1 if failed else 0

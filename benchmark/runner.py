@@ -1,16 +1,20 @@
-"""Plan -> skip finished -> one lane per device -> joblib backend (architecture.md §6).
+"""Plan -> skip finished -> one lane per device -> joblib or Dask backend (architecture.md §6).
 
-A lane is a list of runs executed one after another on one device; each lane is one joblib
-task, so ``--devices cuda:0,cuda:1`` trains on both GPUs at once and ``--devices cpu --n-jobs 2``
-runs two CPU lanes. The backend is switched by configuration only: ``sequential`` (in-process,
-the reference path), ``loky`` (local processes) or ``dask`` (an existing cluster via
-``--scheduler``, or a local one). Every run writes its own record, so a crash of the driver
-loses nothing, and a re-run skips what is finished.
+A lane is a list of runs executed one after another on one device; each lane is one task, so
+``--devices cuda:0,cuda:1`` trains on both GPUs at once and ``--devices cpu --n-jobs 2`` runs two
+CPU lanes. The backend is switched by configuration only: ``sequential`` (in-process, the
+reference path), ``loky`` (local processes through joblib) or ``dask`` (an existing cluster via
+``--scheduler``, or a local one: ``dask_cuda.LocalCUDACluster`` for CUDA lanes when dask-cuda is
+installed, else ``distributed.LocalCluster``). Every run writes its own record inside the lane, so
+a crash of the driver loses nothing, a re-run skips what is finished, and all backends write the
+same records (tests/test_backends.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import platform
 import socket
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,14 @@ import torch
 
 from benchmark import registry, store
 from benchmark.config import RunConfig, resolve_run_config
+from benchmark.errors import UserInputError
 from benchmark.store import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("sequential", "loky", "dask")
+SCHEDULER_TIMEOUT_S = 10.0
+"""Seconds to wait for a ``--scheduler`` to answer (and for its first worker) before giving up."""
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +78,11 @@ def environment(device: torch.device) -> dict[str, Any]:
            "recbole": ver("recbole"), "device": str(device), "torch_threads": torch.get_num_threads(),
            "git_commit": git_commit()}
     if device.type == "cuda":
-        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   gpu=torch.cuda.get_device_name(device))
+        # Guarded: a failed run on a GPU this process cannot use must still write its record.
+        usable = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if usable else None,
+                   gpu=torch.cuda.get_device_name(device) if usable else None,
+                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     return env
 
 
@@ -180,8 +192,142 @@ def make_lanes(specs: list[RunSpec], devices: list[str], n_jobs: int) -> list[tu
     return [lane for lane in lanes if lane[1]]
 
 
+def _gpu_id(device: str) -> str | None:
+    """The id under which ``CUDA_VISIBLE_DEVICES`` names the driver's ``cuda:N`` (None for CPU).
+
+    Without ``CUDA_VISIBLE_DEVICES`` that is ``N`` itself; with it (e.g. ``2,3``) ``cuda:0`` is ``2``.
+    Dask workers may see the GPUs in another order (dask-cuda rotates the list so that each
+    worker's own GPU comes first), so lanes travel to Dask workers by this id, not by index."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    index = dev.index or 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return str(index)
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    if index >= len(ids):
+        raise UserInputError(f"--devices {device}: only {len(ids)} GPU(s) are visible "
+                             f"(CUDA_VISIBLE_DEVICES={visible!r})")
+    return ids[index]
+
+
+def _local_device(gpu: str | None) -> str:
+    """This process's device string for the GPU with id ``gpu`` (see ``_gpu_id``); ``cpu`` for None."""
+    if gpu is None:
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return f"cuda:{gpu}"
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    if gpu not in ids:
+        raise RuntimeError(f"GPU {gpu} is not visible on Dask worker {socket.gethostname()} "
+                           f"(CUDA_VISIBLE_DEVICES={visible!r})")
+    return f"cuda:{ids.index(gpu)}"
+
+
+def _own_gpu() -> str | None:
+    """The first GPU id a process sees: a dask-cuda worker's own GPU (run on every worker)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[0].strip() if visible else None
+
+
+def _dask_lane(specs: list[RunSpec], opts: RunOptions, gpu: str | None, threads: int | None,
+               lane: str) -> list[dict[str, Any]]:
+    """``run_lane`` on a Dask worker, on the GPU ``gpu`` as this worker numbers it."""
+    return run_lane(specs, opts, _local_device(gpu), threads, lane)
+
+
+def _local_cluster(n_lanes: int, gpus: list[str | None]):
+    """A throw-away cluster on this machine (closed with the run): one worker process per lane.
+
+    CUDA lanes get ``dask_cuda.LocalCUDACluster`` (one worker per GPU, each worker's own GPU
+    first in its ``CUDA_VISIBLE_DEVICES``) when dask-cuda is installed; CPU lanes, or CUDA lanes
+    without dask-cuda, get a ``distributed.LocalCluster`` of single-threaded workers. Runs are whole training
+    jobs, not Dask data tasks, so Dask's worker memory limit (which pauses or restarts a worker
+    near it) is switched off, and so is the dashboard (its fixed port clashes between clusters)."""
+    from distributed import LocalCluster
+
+    common = dict(dashboard_address=None, memory_limit=0)
+    cuda = Counter(g for g in gpus if g is not None)
+    if cuda:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            log.warning("dask_cuda is not installed: the lanes run on a distributed.LocalCluster whose "
+                        "workers all see every GPU; each lane still uses its own --devices GPU")
+        else:  # a GPU listed twice in --devices gets two lanes at once: one thread per lane
+            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(cuda), threads_per_worker=max(cuda.values()), **common)
+    return LocalCluster(n_workers=n_lanes, threads_per_worker=1, processes=True, silence_logs=logging.ERROR,
+                        **common)
+
+
+def _connect(scheduler: str):
+    """A client to the cluster at ``scheduler``, or a UserInputError within SCHEDULER_TIMEOUT_S."""
+    from distributed import Client
+
+    hint = ("start one with `dask scheduler` and its workers with `dask worker ADDRESS` (or `dask cuda worker "
+            "ADDRESS`, one per GPU), or leave out --scheduler to use a local cluster")
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise UserInputError(f"cannot reach the Dask scheduler at {scheduler!r} within "
+                             f"{SCHEDULER_TIMEOUT_S:.0f} s ({exc}); {hint}") from None
+    try:
+        client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        client.close()
+        raise UserInputError(f"the Dask scheduler at {scheduler!r} has no workers after "
+                             f"{SCHEDULER_TIMEOUT_S:.0f} s; {hint}") from None
+    return client
+
+
+def _run_dask(lanes: list[tuple[str, list[RunSpec]]], names: list[str], opts: RunOptions, threads: int | None,
+              scheduler: str | None) -> list[list[dict[str, Any]]]:
+    """Run each lane as one Dask task (``client.submit``) and gather the lanes' summaries in order.
+
+    Lanes are submitted directly rather than through joblib's Dask backend because a CUDA lane
+    must be pinned to the worker that owns its GPU (``workers=`` per task), which joblib's
+    backend cannot express (its submit options apply to every task alike); a handful of long
+    tasks also needs none of its batching. A worker owns a GPU when that GPU comes first in the
+    worker's ``CUDA_VISIBLE_DEVICES`` (dask-cuda's layout); lanes whose GPU no worker owns run
+    on any worker, and every lane addresses its GPU by id, so it trains on the right one either
+    way. A failed run writes its failed record on the worker, as with loky."""
+    from distributed import Client
+
+    gpus = [_gpu_id(device) for device, _ in lanes]
+    with contextlib.ExitStack() as stack:  # unwinds in reverse: client, cluster, log level
+        # Dask logs each worker's start and stop at INFO; the lanes print their own progress. A
+        # local cluster's nannies also warn when a worker takes over 4 s to exit (torch's teardown
+        # under load) and then end it, which is harmless here: its lane has already returned.
+        dask_log = logging.getLogger("distributed")
+        stack.callback(dask_log.setLevel, dask_log.level)
+        dask_log.setLevel(max(dask_log.level, logging.WARNING if scheduler else logging.ERROR))
+        if scheduler:
+            client = stack.enter_context(_connect(scheduler))
+        else:
+            cluster = stack.enter_context(_local_cluster(len(lanes), gpus))
+            client = stack.enter_context(Client(cluster))
+            client.wait_for_workers(len(cluster.workers))
+        owners = client.run(_own_gpu) if any(g is not None for g in gpus) else {}
+        futures = []
+        for (device, specs), name, gpu in zip(lanes, names, gpus):
+            workers = [addr for addr, own in owners.items() if gpu is not None and own == gpu] or None
+            futures.append(client.submit(_dask_lane, specs, opts, gpu, threads, name, pure=False,
+                                         workers=workers, allow_other_workers=False))
+        return client.gather(futures)
+
+
 def execute(specs: list[RunSpec], opts: RunOptions, devices: list[str], backend: str = "sequential",
             n_jobs: int = 1, scheduler: str | None = None) -> list[dict[str, Any]]:
+    """Run ``specs`` in lanes (``make_lanes``) on ``backend``; returns one summary per run, lane by lane.
+
+    ``scheduler`` is a Dask scheduler address (``--backend dask`` only; None starts a local
+    cluster). Bad backend choices and an unreachable scheduler raise UserInputError."""
+    if backend not in BACKENDS:
+        raise UserInputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if scheduler and backend != "dask":
+        raise UserInputError(f"--scheduler is a Dask scheduler address; it needs --backend dask, not {backend}")
     lanes = make_lanes(specs, devices, n_jobs)
     if not lanes:
         return []
@@ -190,22 +336,12 @@ def execute(specs: list[RunSpec], opts: RunOptions, devices: list[str], backend:
     names = [f"{d}#{i}" if devices == ["cpu"] else d for i, (d, _) in enumerate(lanes)]
     if backend == "sequential":
         return [s for (d, lane), name in zip(lanes, names) for s in run_lane(lane, opts, d, threads, name)]
-    import joblib
-
-    jobs = [joblib.delayed(run_lane)(lane, opts, d, threads, name) for (d, lane), name in zip(lanes, names)]
     if backend == "loky":
-        results = joblib.Parallel(n_jobs=len(lanes), backend="loky")(jobs)
-    elif backend == "dask":
-        from distributed import Client, LocalCluster
+        import joblib
 
-        client = Client(scheduler) if scheduler else Client(LocalCluster(n_workers=len(lanes), threads_per_worker=1,
-                                                                          processes=True))
-        try:
-            with joblib.parallel_config(backend="dask"):
-                results = joblib.Parallel(n_jobs=len(lanes))(jobs)
-        finally:
-            client.close()
+        results = joblib.Parallel(n_jobs=len(lanes), backend="loky")(
+            joblib.delayed(run_lane)(lane, opts, d, threads, name) for (d, lane), name in zip(lanes, names))
     else:
-        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+        results = _run_dask(lanes, names, opts, threads, scheduler)
     sys.stdout.flush()
     return [s for lane in results for s in lane]

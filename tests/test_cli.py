@@ -1,16 +1,13 @@
 """``python -m benchmark`` end to end in a temporary results folder, and its bad-input paths."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import socket
 
 import pytest
 
+from benchmark import runner
 from benchmark.cli import main
 from benchmark.store import RunSpec, path_for, read_record
-from conftest import ROOT
 
 
 @pytest.fixture
@@ -77,17 +74,16 @@ def test_bad_input_exit_2(run_cli, args, needle):
     assert code == 2 and needle in err, err
 
 
-def test_loky_lanes_match_sequential(tmp_path):
-    env = {**os.environ, "DNR_BENCH_CACHE": str(tmp_path / "cache")}
-    common = [sys.executable, "-m", "benchmark", "--methods", "retriever,prm", "--dataset", "ml-100k",
-              "--profile", "smoke", "--seeds", "0", "1", "--quiet", "--threads", "1"]
-    for name, extra in (("seq", []), ("loky", ["--backend", "loky", "--n-jobs", "2"])):
-        proc = subprocess.run([*common, "--results-dir", str(tmp_path / name), *extra], cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr + proc.stdout
-    for method in ("retriever", "prm"):
-        for seed in (0, 1):
-            spec = RunSpec("ml-100k", method, seed)
-            a, b = read_record(tmp_path / "seq", spec), read_record(tmp_path / "loky", spec)
-            assert a["metrics"] == b["metrics"], (method, seed)
-    assert json.loads(path_for(tmp_path / "seq", RunSpec("ml-100k", "prm", 0)).read_text())["status"] == "ok"
+def test_unreachable_scheduler_and_misplaced_scheduler_exit_2(run_cli, tmp_path, monkeypatch):
+    """Backend errors raised when the lanes start (not at planning) still exit 2 with a clear message,
+    and nothing is written. (Loky and Dask against sequential records: tests/test_backends.py.)"""
+    monkeypatch.setattr(runner, "SCHEDULER_TIMEOUT_S", 2.0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ("--methods", "retriever", "--dataset", "ml-100k", "--profile", "smoke")
+    code, _, err = run_cli(*args, "--backend", "dask", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert code == 2 and "cannot reach the Dask scheduler" in err, err
+    code, _, err = run_cli(*args, "--backend", "loky", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert code == 2 and "needs --backend dask" in err, err
+    assert not (tmp_path / "results" / "runs").exists()
