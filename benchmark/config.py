@@ -44,6 +44,10 @@ class DataConfig:
     """Keep only the earliest interaction of each (user, item) pair (protocol.md §3.1)."""
     max_users: int | None = None
     """Keep a seeded random subset of this many users before the k-core filter (scaling runs)."""
+    sample_users: int | None = None
+    """Keep a seeded random subset of this many users after the k-core filter (the smoke profile:
+    a small dataset that still has the dataset's own k-core, where sampling first and filtering
+    afterwards leaves nothing on the sparse KuaiRand and Amazon logs)."""
     list_size: int = 6
     """Exposed items per request (the window length, and the cut-off k of the metrics)."""
     history_len: int = 50
@@ -76,8 +80,9 @@ class DataConfig:
 
         if self.k_core is not None and self.k_core < 1:
             raise bad("k_core", "must be >= 1")
-        if self.max_users is not None and self.max_users < 1:
-            raise bad("max_users", "must be >= 1")
+        for key in ("max_users", "sample_users"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise bad(key, "must be >= 1")
         if self.list_size < 1:
             raise bad("list_size", "must be >= 1")
         if self.n_candidates <= self.list_size:
@@ -100,10 +105,21 @@ class DataConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, less those in ``OMIT_AT_DEFAULT`` that are at their default, so that a field
+        added later leaves the keys of existing records and cached lists unchanged."""
+        out = dataclasses.asdict(self)
+        for key in OMIT_AT_DEFAULT:
+            if out[key] is None:
+                del out[key]
+        return out
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+OMIT_AT_DEFAULT = ("sample_users",)
+"""DataConfig fields added after results were committed: left out of ``to_dict`` (and so out of
+every record's config hash and every list-cache key) while they are None."""
 
 
 def _accepts(annotation: Any, value: Any) -> bool:
@@ -202,12 +218,13 @@ class TrainConfig:
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # the real configuration: defaults and the per-dataset TOML, nothing else
     "paper": {},
-    # a tiny, fast configuration that exercises every code path (data subset, 2 epochs, and a
-    # DNR switch epoch of 1 so the learned generator runs too)
+    # a tiny, fast configuration that exercises every code path: 150 users sampled after the
+    # dataset's own k-core, 2 epochs of 512 requests, hidden size 32, and a DNR switch epoch of 1
+    # so the learned generator runs too
     "smoke": {
-        "data": {"max_users": 150, "k_core": 5, "mf_dim": 16, "mf_max_epochs": 3, "mf_patience": 2},
-        "train": {"max_epochs": 2, "patience": 1, "batch_size": 256, "max_train_requests": 1024},
-        "model": {"switch_epoch": 1},
+        "data": {"sample_users": 150, "mf_dim": 16, "mf_max_epochs": 3, "mf_patience": 2},
+        "train": {"max_epochs": 2, "patience": 1, "batch_size": 256, "max_train_requests": 512},
+        "model": {"switch_epoch": 1, "hidden": 32},
     },
 }
 

@@ -1,10 +1,15 @@
 """Layered data configuration and --set parsing."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
-from benchmark.config import DataConfig, load_data_config, parse_set_options
+from benchmark.config import PROFILES, DataConfig, load_data_config, parse_set_options, resolve_run_config
+from benchmark.data.lists import build_candidate_lists
 from benchmark.errors import ConfigError
+from conftest import ROOT
 
 
 def test_set_values_are_toml():
@@ -36,3 +41,29 @@ def test_bad_settings_name_the_key(overrides, match):
 def test_digest_changes_with_any_field():
     assert DataConfig().digest() != DataConfig(fill="random").digest()
     assert DataConfig().digest() == DataConfig().digest()
+
+
+def test_committed_records_are_still_finished_under_the_current_configuration():
+    """Every committed record's config hash is the one this code resolves for its run (paper profile,
+    the ``--set`` values it ran with): a new setting or a changed default must not silently turn the
+    committed results into runs to redo (DataConfig.OMIT_AT_DEFAULT keeps later fields out of it)."""
+    records = sorted((ROOT / "results" / "runs").glob("*/*/seed*.json"))
+    assert records, "no committed records"
+    for path in records:
+        record = json.loads(path.read_text())
+        cfg = record["config"]
+        default = resolve_run_config(cfg["dataset"], cfg["method"], "paper", {})
+        settings = {"data": {k: v for k, v in cfg["data"].items() if default.data.to_dict().get(k) != v}}
+        resolved = resolve_run_config(cfg["dataset"], cfg["method"], cfg["profile"], settings)
+        assert resolved.to_dict()["model"] == cfg["model"] and resolved.digest() == record["config_hash"], path
+
+
+def test_sample_users_is_taken_after_the_k_core_and_left_out_of_the_hash_when_unset(tmp_path):
+    assert "sample_users" not in DataConfig().to_dict()
+    assert DataConfig(sample_users=5).to_dict()["sample_users"] == 5
+    assert DataConfig().digest() != DataConfig(sample_users=5).digest()
+    with pytest.raises(ConfigError, match="sample_users"):
+        DataConfig(sample_users=0).validate()
+    # the smoke profile's lists on ml-100k: 150 users, each with the dataset's own 20-core history
+    lists, _ = build_candidate_lists("ml-100k", cache_dir=tmp_path, overrides=PROFILES["smoke"]["data"])
+    assert len(np.unique(lists.arrays["user"])) == 150

@@ -208,6 +208,7 @@ def build_candidate_lists(dataset: str, data_dir: str | Path | None = None, cach
     frame = protocol.subsample_users(frame, cfg.max_users, cfg.data_seed)
     k = cfg.k_core if cfg.k_core is not None else files.layout.k_core
     frame = frame[protocol.k_core(frame["user"].to_numpy(), frame["item"].to_numpy(), k)]
+    frame = protocol.subsample_users(frame, cfg.sample_users, cfg.data_seed)
     data = protocol.to_interactions(frame)
     del frame
     lap("filter")
