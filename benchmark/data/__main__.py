@@ -1,5 +1,9 @@
-"""``python -m benchmark.data --dataset ml-100k [--data-dir DIR] [--json]``: build or load the
-candidate lists of a dataset and print what the protocol produced."""
+"""``python -m benchmark.data --dataset ml-100k [--data-dir DIR] [--profile smoke] [--json]``: build or
+load the candidate lists of a dataset and print what the protocol produced.
+
+``--profile`` applies that profile's ``data`` settings (benchmark/config.py ``PROFILES``) under any
+``--set data.KEY``, so the lists built here are exactly the ones ``python -m benchmark --profile``
+loads from the cache (``run_all.sh`` pre-builds them this way)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +14,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from benchmark.config import parse_set_options
+from benchmark.config import PROFILES, parse_set_options
 from benchmark.data.lists import build_candidate_lists
 from benchmark.data.sources import CACHE_DIR_ENV, DATA_DIR_ENV, SOURCES
 from benchmark.errors import BenchmarkError, ConfigError
@@ -125,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="cache folder for downloads and built lists")
     p.add_argument("--set", dest="settings", action="append", metavar="data.KEY=VALUE",
                    help="override a protocol setting, e.g. --set data.fill=random (repeatable)")
+    p.add_argument("--profile", choices=list(PROFILES), default="paper",
+                   help="apply this run profile's data settings (as python -m benchmark --profile does)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--rebuild", action="store_true", help="ignore cached lists and build again")
     p.add_argument("--no-download", action="store_true", help="never try to download raw files")
@@ -141,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(settings) - {"data"}
         if unknown:
             raise ConfigError(f"--set: this command only takes data.* settings, got {sorted(unknown)}")
+        overrides = {**PROFILES[args.profile].get("data", {}), **settings.get("data", {})}
         lists, cached = build_candidate_lists(
-            args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, overrides=settings.get("data"),
+            args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, overrides=overrides,
             download=not args.no_download, progress=not args.quiet and sys.stderr.isatty(), rebuild=args.rebuild,
             n_jobs=args.jobs)
     except BenchmarkError as exc:
