@@ -161,6 +161,20 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
     return "\n".join(out)
 
 
+LATEX_PACKAGES = ("booktabs", "graphicx")
+"""What the tables need beyond plain LaTeX: booktabs rules and graphicx's ``\\resizebox``."""
+
+
+def standalone_tex(names: Sequence[str]) -> str:
+    """A document that inputs every table file in ``names`` (same folder): ``pdflatex tables.tex``
+    checks the tables compile and shows them; to use one in a paper, ``\\input`` it there with
+    the packages of ``LATEX_PACKAGES``."""
+    body = "\n\\clearpage\n".join(f"\\input{{{name}}}" for name in names)
+    return ("\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n"
+            + "".join(f"\\usepackage{{{pkg}}}\n" for pkg in LATEX_PACKAGES)
+            + "\\begin{document}\n" + body + "\n\\end{document}\n")
+
+
 def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str] | None = None,
           test: str = "t", alpha: float = 0.05, figures: bool = True,
           argv: Sequence[str] = ()) -> Report:
@@ -213,6 +227,10 @@ def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str
         _write(tdir / f"{key}.tex", paper_tables.to_latex(grid), files)
         if grid.tests is not None and len(grid.tests):
             _csv(tdir / f"{key}_tests.csv", grid.tests, files)
+
+    tex = sorted(f.name for f in files if f.suffix == ".tex" and f.parent == tdir)
+    if tex:
+        _write(tdir / "tables.tex", standalone_tex(tex), files)
 
     if figures:
         from benchmark import figures as figs

@@ -289,7 +289,8 @@ def _caption(table: Table1, latex: bool) -> str:
 _TEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                 "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
                 "–": "--", "—": "---", "α": "$\\alpha$", "×": "$\\times$", "Δ": "$\\Delta$",
-                "≥": "$\\geq$", "≤": "$\\leq$", "†": "$^{\\dagger}$", "§": "\\S{}"}
+                "≥": "$\\geq$", "≤": "$\\leq$", "†": "$^{\\dagger}$", "§": "\\S{}", "−": "$-$",
+                "±": "$\\pm$", "…": "\\ldots{}", "ε": "$\\varepsilon$", "λ": "$\\lambda$", "→": "$\\to$"}
 
 
 def _escape(text: str) -> str:
@@ -395,10 +396,15 @@ def _strip_escapes(text: str) -> str:
 
 
 def check_latex(text: str) -> None:
-    """Raise ValueError unless the table is structurally sound: balanced braces and
+    """Raise ValueError unless the table is structurally sound: ASCII only, balanced braces and
     ``\\begin``/``\\end``, the booktabs rules in order, and every tabular row exactly as wide as the
     column spec (``\\multicolumn`` spans counted)."""
     plain = _strip_escapes(re.sub(r"(?<!\\)%.*", "", text))  # comments out, escaped specials out
+    # pdflatex's default input encoding stops at characters it has no definition for (U+2212 did)
+    foreign = sorted({c for c in text if ord(c) > 127})
+    if foreign:
+        raise ValueError(f"characters pdflatex cannot typeset without extra packages: {foreign}; "
+                         "add them to tables._TEX_SPECIAL")
     depth = 0
     for k, char in enumerate(plain):
         depth += {"{": 1, "}": -1}.get(char, 0)
