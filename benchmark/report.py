@@ -129,6 +129,10 @@ def _run_lines(frame: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
     return lines
 
 
+NOTES = "NOTES.md"
+"""A hand-kept file beside the generated index (the commands behind the records); linked when present."""
+
+
 def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, files: list[Path],
                skipped: dict[str, str], argv: Sequence[str]) -> str:
     """``README.md`` of the results folder: what was run, on what, how to reproduce, what is where."""
@@ -144,10 +148,16 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
         "`python -m benchmark --methods … --dataset … --seeds 0 1 2` or `./run_all.sh` (README of the project).", "",
         "## What was run", "", *_run_lines(frame, datasets), "",
     ]
+    if (out_dir / NOTES).exists():
+        out[-1:-1] = ["", f"How these runs were made, their status, and the notes every table of them must carry: "
+                          f"[{NOTES}]({NOTES}) (kept by hand)."]
     for d in datasets:
         out.append(f"- {tables.dataset_name(d)}: {', '.join(sorted(methods.get(d, [])))}")
     out += ["", "## Tables", ""]
-    out += [f"- [{Path(f).stem}]({f}) ([LaTeX]({f[:-3]}.tex))" for f in table_files]
+    out += [f"- [{Path(f).stem}]({f})" + (f" ([LaTeX]({f[:-3]}.tex))" if f"{f[:-3]}.tex" in rel else "")
+            for f in table_files]
+    if "tables/tables.tex" in rel:
+        out += ["", "Every LaTeX table in one document: `pdflatex tables.tex` in `tables/` (booktabs, graphicx)."]
     csvs = [f for f in rel if f.endswith(".csv")]
     if csvs:
         out += ["", "Significance tests behind the marks (raw and Holm-adjusted p, difference with its 95% CI, "

@@ -159,7 +159,12 @@ def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
         assert twin.read_bytes() == path.read_bytes(), path
     index = (tmp_path / "a" / "README.md").read_text()
     assert "`python -m benchmark.report --results-dir R`" in index
-    assert "[table2](tables/table2.md)" in index and "- table10: no finished run" in index
+    assert "[table2](tables/table2.md) ([LaTeX](tables/table2.tex))" in index and "- table10: no finished run" in index
+    assert "- [table1_seed_std](tables/table1_seed_std.md)\n" in index  # no LaTeX of it: no dead link
+    assert "NOTES.md" not in index and "`pdflatex tables.tex`" in index
+    (tmp_path / "a" / "NOTES.md").write_text("how the runs were made")
+    again = report.build(results, tmp_path / "a", figures=False)
+    assert "[NOTES.md](NOTES.md)" in (tmp_path / "a" / "README.md").read_text() and again.skipped == first.skipped
     assert "| ML-1M | same data (MovieLens-1M, 20-core) | 9 | 1 | paper | score_matched | 9 |" in index
     family = pd.read_csv(tmp_path / "a" / "tables" / "table1_all_baselines.csv")
     # DNR-B against Table 1's baselines (PRM and PIER on ML-1M, PRM on KuaiRand; score variants are not
