@@ -101,6 +101,14 @@ def paper_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def first_epoch_runs(frame: pd.DataFrame) -> list[str]:
+    """Trained runs that early stopping ended while their first epoch was still the best:
+    validation never improved on epoch 1, which usually means the run stopped before the model
+    learned (patience counts epochs, and at batch 2048 a small dataset's epoch is a few steps)."""
+    hits = frame[(frame["best_epoch"] == 1) & (frame["epochs"] > 1)]
+    return [f"{m} seed {s}" for m, s in sorted(zip(hits["method"], hits["seed"]))]
+
+
 def render(results_dir: Path) -> str:
     frame = records_frame(results_dir)
     if frame.empty:
@@ -116,6 +124,10 @@ def render(results_dir: Path) -> str:
         table = table.round({"epochs": 1, "sec_per_epoch": 2})
         fills = ", ".join(sorted(set(part["fill"])))
         out += [f"## {dataset} (fill: {fills})", "", table.reset_index().to_markdown(index=False), ""]
+        stuck = first_epoch_runs(part)
+        if stuck:
+            out += [f"Kept their first epoch (validation never improved on it before early stopping; "
+                    f"likely stopped before learning): {', '.join(stuck)}.", ""]
         derived = sorted(set(part.loc[part["rank_derived_auc"], "method"]))
         if derived:
             out += [f"AUC is rank-derived (the method emits an order; methods.md §1.3) for: {', '.join(derived)}.", ""]
