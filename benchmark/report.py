@@ -35,7 +35,7 @@ import pandas as pd
 from benchmark import paper_tables, stats, tables
 from benchmark.errors import BenchmarkError, UserInputError
 from benchmark.paper import SUBSTITUTES
-from benchmark.summary import METRICS, records_frame
+from benchmark.summary import METRICS, first_epoch_runs, records_frame
 
 DATASET_ORDER = ("ml-1m", "kuairand", "amazon-books")
 TREATMENTS = ("dnr-b", "dnr-g")
@@ -153,6 +153,11 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
                           f"[{NOTES}]({NOTES}) (kept by hand)."]
     for d in datasets:
         out.append(f"- {tables.dataset_name(d)}: {', '.join(sorted(methods.get(d, [])))}")
+    stuck = {d: first_epoch_runs(frame[frame["dataset"] == d]) for d in datasets}
+    if any(stuck.values()):
+        out += ["", "Runs that kept their first epoch (validation never improved on it before early stopping, "
+                    "so they likely stopped before learning; their cells are not the method's quality): "
+                + "; ".join(f"{tables.dataset_name(d)}: {', '.join(runs)}" for d, runs in stuck.items() if runs) + "."]
     out += ["", "## Tables", ""]
     out += [f"- [{Path(f).stem}]({f})" + (f" ([LaTeX]({f[:-3]}.tex))" if f"{f[:-3]}.tex" in rel else "")
             for f in table_files]

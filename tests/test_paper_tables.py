@@ -15,7 +15,7 @@ import pytest
 from benchmark import paper_tables, report, store, tables
 from benchmark.errors import UserInputError
 from benchmark.store import RunSpec
-from benchmark.summary import METRICS
+from benchmark.summary import METRICS, records_frame
 
 N = 120
 LEVELS = {  # ×100, same level for every metric; seconds per epoch
@@ -162,6 +162,7 @@ def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
     assert "[table2](tables/table2.md) ([LaTeX](tables/table2.tex))" in index and "- table10: no finished run" in index
     assert "- [table1_seed_std](tables/table1_seed_std.md)\n" in index  # no LaTeX of it: no dead link
     assert "NOTES.md" not in index and "`pdflatex tables.tex`" in index
+    assert "kept their first epoch" not in index  # every synthetic run's best epoch is 2
     (tmp_path / "a" / "NOTES.md").write_text("how the runs were made")
     again = report.build(results, tmp_path / "a", figures=False)
     assert "[NOTES.md](NOTES.md)" in (tmp_path / "a" / "README.md").read_text() and again.skipped == first.skipped
@@ -173,6 +174,13 @@ def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
     assert len(dnr_b) == 15 and (dnr_b["family_size"] == 15).all()
     assert set(dnr_b["control"]) == {"prm", "pier"} and set(family["treatment"]) == {"dnr-b", "dnr-g"}
     assert (dnr_b["p_adjusted"] >= dnr_b["p_value"]).all()
+
+
+def test_index_names_runs_that_kept_their_first_epoch(results, tmp_path):
+    frame = records_frame(results)
+    frame.loc[(frame["dataset"] == "kuairand") & (frame["method"] == "prm"), "best_epoch"] = 1
+    index = report.index_text(frame, DATASETS, tmp_path, [], {}, [])
+    assert "Runs that kept their first epoch" in index and "KuaiRand: prm seed 0." in index
 
 
 def test_report_bad_input(tmp_path, results, capsys):
