@@ -2,8 +2,12 @@
 
     python -m benchmark --methods prm,dnr-b --dataset ml-100k [--seeds 0 1 2] [--devices cpu]
         [--backend sequential|loky|dask] [--n-jobs N] [--profile smoke|paper]
-        [--results-dir DIR] [--set KEY=VALUE ...] [--sweep KEY=V1,V2,...] [--force]
+        [--results-dir DIR] [--set KEY=VALUE ...] [--sweep KEY=V1,V2,...] [--force] [--plan]
     python -m benchmark --list
+
+``--plan`` trains nothing: it lists every run asked for as finished, resumes (an interrupted run's
+checkpoint, with the epoch it stopped at), retry, outdated or new, and the time still to go,
+estimated from the finished seeds of the same method and config.
 
 ``--sweep KEY=V1,V2,...`` runs the selection once per value, exactly as ``--set KEY=V`` would, each
 point into its own results root ``<results-dir>/sweeps/<KEY>=<V>/`` (runs/<dataset>/<method>/seed<k>.json
@@ -21,9 +25,10 @@ import dataclasses
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from benchmark import registry
+from benchmark import registry, runner
 from benchmark.config import PROFILES, check_settings, parse_set_options, resolve_run_config
 from benchmark.data.sources import get_source
 from benchmark.errors import BenchmarkError, UserInputError
@@ -55,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
                    help="run the selection once per value of one setting (as --set KEY=V), each into "
                         f"<results-dir>/{SWEEP_DIR}/<KEY>=<V>/ (the paper's Figure 3)")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: show each run asked for as finished, resumes (from a checkpoint), "
+                        "retry (failed), outdated (another config) or new, with the time still to go where "
+                        "another seed of it has finished")
     p.add_argument("--data-dir", help="raw data folder (see python -m benchmark.data --help)")
     p.add_argument("--cache-dir", help="cache folder for raw downloads and built lists")
     p.add_argument("--no-download", action="store_true")
@@ -144,6 +153,33 @@ def sweep_points(spec: str, settings: dict, methods: list[str], datasets: list[s
     return points
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def plan_text(runs: list["runner.PlannedRun"], results_dir: Path) -> str:
+    """``--plan``: one row per run asked for, then the counts and the time still to go."""
+    from tabulate import tabulate
+
+    rows = [(r.spec.dataset, r.spec.method, r.spec.seed, r.state,
+             "" if r.estimate_s is None or r.state == "finished" else "~" + _duration(r.estimate_s), r.detail)
+            for r in runs]
+    counts = Counter(r.state for r in runs)
+    pending = [r for r in runs if r.state != "finished"]
+    known = [r.estimate_s for r in pending if r.estimate_s is not None]
+    lines = [f"{len(runs)} runs asked for -> {results_dir}",
+             tabulate(rows, headers=["dataset", "method", "seed", "state", "to go", "detail"], tablefmt="simple"),
+             ", ".join(f"{counts[s]} {s}" for s in runner.PLAN_STATES if counts[s])]
+    if pending and not known:
+        lines.append(f"no estimate of the time still to go: no seed of these {len(pending)} runs has finished")
+    elif pending:
+        lines.append(f"still to go on one lane: ~{_duration(sum(known))} for the {len(known)} runs with a "
+                     f"finished seed to go by" + (f"; {len(pending) - len(known)} without an estimate"
+                                                   if len(pending) > len(known) else ""))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -173,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if args.plan:
+        for point_opts, _, _ in jobs:
+            print(plan_text(runner.describe_plan(datasets, methods, args.seeds, point_opts), point_opts.results_dir))
+        return 0
     failed = []
     for point_opts, todo, done in jobs:
         print(f"{len(todo) + len(done)} runs asked for: {len(done)} already finished, {len(todo)} to run "

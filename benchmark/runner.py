@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import platform
@@ -102,6 +103,82 @@ def plan(datasets: list[str], methods: list[str], seeds: list[int], opts: RunOpt
                 finished = not opts.force and store.is_finished(opts.results_dir, spec, digest)
                 (done if finished else todo).append(spec)
     return todo, done
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One run of a plan as ``--plan`` shows it, without training anything."""
+
+    spec: RunSpec
+    state: str
+    """``finished``; ``resumes`` (a checkpoint of this config exists); ``retry`` (its last attempt
+    failed); ``outdated`` (a finished record of another config: it runs again); ``new``."""
+    detail: str
+    estimate_s: float | None
+    """Seconds still to go on one lane like those that trained its finished peers (same dataset,
+    method and config, other seeds): their median train + eval time, less what a checkpoint has
+    already done. None when no peer has finished, and 0 for a finished run."""
+
+
+PLAN_STATES = ("finished", "resumes", "retry", "outdated", "new")
+
+
+def _peer_seconds(results_dir: Path, dataset: str, method: str, digest: str) -> list[float]:
+    folder = Path(results_dir) / "runs" / dataset / method
+    out = []
+    for path in sorted(folder.glob("seed*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "ok" and record.get("config_hash") == digest:
+            out.append(float(record.get("train_seconds") or 0.0) + float(record.get("eval_seconds") or 0.0))
+    return out
+
+
+def describe_plan(datasets: list[str], methods: list[str], seeds: list[int], opts: RunOptions) -> list[PlannedRun]:
+    """What ``plan`` would do with every run asked for, read from the records and checkpoints
+    in ``opts.results_dir`` (the same rule as ``plan``: finished = ok record, same config hash)."""
+    from benchmark.trainer import checkpoint_progress
+
+    out = []
+    for ds in datasets:
+        for method in methods:
+            digest = resolve_run_config(ds, method, opts.profile, opts.settings).digest()
+            peers = _peer_seconds(opts.results_dir, ds, method, digest)
+            typical = float(np.median(peers)) if peers else None
+            for seed in seeds:
+                spec = RunSpec(ds, method, seed)
+                record = store.read_record(opts.results_dir, spec) or {}
+                ckpt = checkpoint_progress(store.checkpoint_path(opts.results_dir, spec))
+                estimate = typical
+                if record.get("status") == "ok" and record.get("config_hash") == digest and not opts.force:
+                    test = record.get("headline") or {}
+                    state, estimate = "finished", 0.0
+                    trained = f"; best epoch {record.get('best_epoch')} of {record.get('epochs_run')}"
+                    detail = (str(record.get("finished_utc", ""))[:16] + (trained if record.get("epochs_run") else "")
+                              + "".join(f"; test {m} {100 * test[m]:.2f}" for m in test if m.startswith("N@")))
+                elif ckpt is not None and "error" in ckpt:
+                    state, detail = "retry", f"unreadable checkpoint ({ckpt['error']}): it fails once, then starts over"
+                elif ckpt is not None and ckpt["tag"] == digest:
+                    state = "resumes"
+                    done_s = float(ckpt.get("train_seconds") or 0.0) + float(ckpt.get("eval_seconds") or 0.0)
+                    detail = (f"after epoch {ckpt['epoch']} of stage {ckpt['stage']} ({ckpt['epochs_run']} epochs, "
+                              f"{done_s / 60:.0f} min done); best so far epoch {ckpt['best_epoch']}, "
+                              f"{ckpt['stale']} without improvement")
+                    estimate = None if typical is None else max(typical - done_s, 0.0)
+                elif record.get("status") == "failed":
+                    state, detail = "retry", f"last attempt failed: {record.get('error')}"
+                elif record.get("status") == "ok":
+                    state = "outdated"
+                    detail = ("--force: runs again" if record.get("config_hash") == digest
+                              else "its record has another config hash: runs again")
+                else:
+                    state, detail = "new", ""
+                if ckpt is not None and "error" not in ckpt and ckpt["tag"] != digest and state != "finished":
+                    detail = (detail + "; " if detail else "") + "its checkpoint is of another config: starts over"
+                out.append(PlannedRun(spec, state, detail, estimate))
+    return out
 
 
 def run_one(spec: RunSpec, opts: RunOptions, device: str = "cpu") -> dict[str, Any]:

@@ -108,6 +108,23 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+CHECKPOINT_PROGRESS = ("tag", "stage", "epoch", "epochs_run", "best_epoch", "best_value", "stale",
+                       "train_seconds", "eval_seconds")
+
+
+def checkpoint_progress(path: Path) -> dict[str, Any] | None:
+    """Where an interrupted run stands, from its checkpoint: the ``CHECKPOINT_PROGRESS`` fields
+    (``tag`` is the config hash it was written for). None when there is no checkpoint; a
+    ``{"error": ...}`` dict when the file cannot be read (``fit`` would then fail on it)."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file (fit writes it)
+        return {key: saved.get(key) for key in CHECKPOINT_PROGRESS}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not raised
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _loss_parts(value: "torch.Tensor | dict[str, torch.Tensor]") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if isinstance(value, dict):
         return sum(value.values()), value

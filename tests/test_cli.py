@@ -87,3 +87,40 @@ def test_unreachable_scheduler_and_misplaced_scheduler_exit_2(run_cli, tmp_path,
     code, _, err = run_cli(*args, "--backend", "loky", "--scheduler", f"tcp://127.0.0.1:{port}")
     assert code == 2 and "needs --backend dask" in err, err
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_plan_reports_each_state_and_trains_nothing(run_cli, tmp_path):
+    """``--plan``: finished / resumes / retry / outdated / new, read from records and checkpoints;
+    the estimate is the finished seeds' median time less a checkpoint's; nothing is written."""
+    from benchmark import store
+    from benchmark.config import resolve_run_config
+    from benchmark.trainer import _atomic_torch_save
+
+    results = tmp_path / "results"
+    digest = resolve_run_config("ml-100k", "prm", "smoke", {}).digest()
+    ok = {"status": "ok", "config_hash": digest, "train_seconds": 600.0, "eval_seconds": 60.0, "best_epoch": 3,
+          "epochs_run": 5, "headline": {"N@6": 0.1234}, "finished_utc": "2026-12-01T10:00:00+00:00"}
+    store.write_record(results, RunSpec("ml-100k", "prm", 0), ok)
+    _atomic_torch_save({"tag": digest, "stage": 0, "epoch": 2, "epochs_run": 2, "best_epoch": 2, "best_value": 0.1,
+                        "stale": 0, "train_seconds": 240.0, "eval_seconds": 0.0, "model": {}},
+                       store.checkpoint_path(results, RunSpec("ml-100k", "prm", 1)))
+    store.write_record(results, RunSpec("ml-100k", "prm", 2), {"status": "failed", "config_hash": digest,
+                                                                 "error": "RuntimeError: boom"})
+    store.write_record(results, RunSpec("ml-100k", "prm", 3), {**ok, "config_hash": "another"})
+    before = sorted(p.name for p in results.rglob("*"))
+
+    code, out, _ = run_cli("--methods", "prm", "--dataset", "ml-100k", "--profile", "smoke", "--plan",
+                           "--seeds", "0", "1", "2", "3", "4")
+    assert code == 0, out
+    rows = {int(line.split()[2]): line for line in out.splitlines() if line.startswith("ml-100k")}
+    assert "finished" in rows[0] and "best epoch 3 of 5" in rows[0] and "N@6 12.34" in rows[0]
+    assert "resumes" in rows[1] and "after epoch 2" in rows[1] and "~7 min" in rows[1]  # 11 min - 4 min
+    assert "retry" in rows[2] and "boom" in rows[2] and "~11 min" in rows[2]
+    assert "outdated" in rows[3] and "another config hash" in rows[3]
+    assert "new" in rows[4] and "~11 min" in rows[4]
+    assert "1 finished, 1 resumes, 1 retry, 1 outdated, 1 new" in out and "~40 min for the 4 runs" in out
+    assert sorted(p.name for p in results.rglob("*")) == before  # trained and wrote nothing
+    # a checkpoint of another config is named; without a finished seed there is no estimate
+    code, out, _ = run_cli("--methods", "prm", "--dataset", "ml-100k", "--profile", "smoke", "--plan",
+                           "--seeds", "1", "--set", "train.lr=0.5")
+    assert code == 0 and "checkpoint is of another config" in out and "no estimate" in out, out

@@ -10,7 +10,7 @@ import torch
 from benchmark.api import Reranker, Stage, Step, bce_loss
 from benchmark.batches import SplitTensors
 from benchmark.config import TrainConfig
-from benchmark.trainer import NonFiniteLoss, fit, seed_everything
+from benchmark.trainer import NonFiniteLoss, checkpoint_progress, fit, seed_everything
 
 
 class ItemScorer(Reranker):
@@ -93,6 +93,12 @@ def test_interrupted_run_resumes_to_identical_result(tiny_spec, splits, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run(tiny_spec, splits, cfg=cfg, model_kw={"interrupt_at": 4}, checkpoint=ckpt, checkpoint_tag="x")
     assert ckpt.exists()
+    progress = checkpoint_progress(ckpt)  # what ``--plan`` shows of it
+    assert progress["tag"] == "x" and progress["stage"] == 0 and progress["epoch"] == progress["epochs_run"] == 3
+    assert 1 <= progress["best_epoch"] <= 3 and progress["train_seconds"] > 0
+    assert checkpoint_progress(tmp_path / "none.ckpt") is None
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    assert "error" in checkpoint_progress(tmp_path / "bad.ckpt")
     seed_everything(123)  # the resumed process starts with a different RNG state
     model = ItemScorer(tiny_spec)
     resumed = fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt,
