@@ -234,6 +234,10 @@ fi
 echo "report: $REPORT_STATE"
 if [[ ${#MISSING[@]} -gt 0 || ${#RUN_FAILS[@]} -gt 0 || $runs_rc != 0 || "$REPORT_STATE" == FAILED* ]]; then
     echo "NOT everything asked for ran (see above)."
+    if [[ ${#BUILT[@]} -gt 0 ]]; then
+        echo "what is finished, resumable or left: $PY -m benchmark --plan --dataset $JOINED" \
+             "--methods $METHODS --seeds $SEEDS --profile $PROFILE --results-dir $RESULTS_DIR${SETS[*]:+ --set ${SETS[*]}}"
+    fi
     [[ $runs_rc == 2 ]] && exit 2
     exit 1
 fi

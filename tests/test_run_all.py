@@ -74,7 +74,10 @@ def test_dataset_not_obtained_is_listed_and_fails_the_exit_code(suite):
     reasons = text.split("datasets not built (not obtained, or their lists failed):\n", 1)[1].splitlines()
     assert reasons[0].startswith("  kuairand: KuaiRand-Pure (kuairand) not found") and "download disabled" in reasons[0]
     assert not reasons[1].startswith("  ")  # only kuairand
-    assert text.rstrip().endswith("NOT everything asked for ran (see above).")
+    assert "NOT everything asked for ran (see above).\nwhat is finished, resumable or left: " in text
+    assert text.rstrip().endswith(f"-m benchmark --plan --dataset ml-100k --methods {','.join(METHODS)} --seeds 0 "
+                                  f"--profile smoke --results-dir {suite['tmp'] / 'results'} "
+                                  "--set data.n_folds=2 train.max_train_requests=128")
     assert not (suite["tmp"] / "results" / "runs" / "kuairand").exists()
 
 
@@ -163,6 +166,8 @@ def test_flow_options_and_every_failure_in_the_summary(tmp_path):
     assert "runs: 4 runs asked for: 1 already finished, 3 to run; 2 ok, 1 failed\n" in text
     assert "  ml-100k/prm/seed1: RuntimeError: diverged\n" in text
     assert "report: FAILED (exit 3" in text and "NOT everything asked for ran" in text
+    assert text.rstrip().endswith(" -m benchmark --plan --dataset ml-100k,kuairand --methods prm,dnr-b --seeds 0 1 "
+                                  "--profile smoke --results-dir out --set data.k_core=3 train.lr=0.01")
 
 
 @pytest.mark.parametrize("profile, extra, seeds, threads", [
