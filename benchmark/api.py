@@ -98,6 +98,11 @@ class Stage:
     min_epochs: int = 0
     max_epochs: int | None = None
     """Cap for this phase (None: the run's ``train.max_epochs``)."""
+    eval_every: int = 1
+    """Validate every this many epochs (and at the phase's last epoch); ``train.patience`` still
+    counts epochs, so a phase stops at the first validation that leaves ``patience`` or more
+    epochs without improvement. For methods whose validation costs far more than an epoch of
+    training (DiffuRec's 32-step reverse chain); the original DiffuRec validates every 20 epochs."""
     on_start: Callable[[], None] | None = None
     """Called when the phase starts, and again when a run resumes inside it (e.g. EGRerank
     switches ``score`` from its evaluator to its generator)."""

@@ -309,6 +309,8 @@ def validation_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         history = r.get("history") or []
         last_stage = history[-1]["stage"] if history else None
         for step, entry in enumerate(history, 1):
+            if "val" not in entry:  # an epoch the stage did not validate (Stage.eval_every)
+                continue
             rows.append({"method": method, "family": _family(method), "seed": r["seed"], "step": step,
                          "stage": entry["stage"], "epoch": entry["epoch"], "val": entry["val"][METRIC],
                          "best": entry["stage"] == last_stage and entry["epoch"] == r.get("best_epoch")})

@@ -33,6 +33,13 @@ def references(dnr_method: str) -> list[str]:
     return [backbone + suffix for suffix in SCORE_SUFFIXES]
 
 
+def first_validated_epoch(history: list[dict]) -> int:
+    """The first epoch of the final stage that was validated (1, unless the stage validates
+    every few epochs, ``Stage.eval_every``): the earliest epoch early stopping can keep."""
+    last_stage = history[-1]["stage"] if history else None
+    return next((h["epoch"] for h in history if h["stage"] == last_stage and "val" in h), 1)
+
+
 def records_frame(results_dir: Path) -> pd.DataFrame:
     rows = []
     for r in store.all_records(results_dir):
@@ -41,6 +48,7 @@ def records_frame(results_dir: Path) -> pd.DataFrame:
         rows.append({"dataset": r["dataset"], "method": r["method"], "seed": r["seed"],
                      "profile": r["config"]["profile"], "fill": r["config"]["data"]["fill"],
                      "epochs": r["epochs_run"], "best_epoch": r["best_epoch"],
+                     "first_validated": first_validated_epoch(r.get("history") or []),
                      "sec_per_epoch": r["seconds_per_epoch"], "rank_derived_auc": bool(r.get("rank_derived_auc")),
                      **{m: r["metrics"]["test"][m] for m in METRICS}})
     return pd.DataFrame(rows)
@@ -102,10 +110,12 @@ def paper_comparison(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def first_epoch_runs(frame: pd.DataFrame) -> list[str]:
-    """Trained runs that early stopping ended while their first epoch was still the best:
-    validation never improved on epoch 1, which usually means the run stopped before the model
-    learned (patience counts epochs, and at batch 2048 a small dataset's epoch is a few steps)."""
-    hits = frame[(frame["best_epoch"] == 1) & (frame["epochs"] > 1)]
+    """Trained runs that early stopping ended while their first validated epoch (epoch 1, or the
+    first ``eval_every``-th) was still the best: validation never improved on it, which usually
+    means the run stopped before the model learned (patience counts epochs, and at batch 2048 a
+    small dataset's epoch is a few steps)."""
+    first = frame["first_validated"] if "first_validated" in frame else 1
+    hits = frame[(frame["best_epoch"] == first) & (frame["epochs"] > first)]
     return [f"{m} seed {s}" for m, s in sorted(zip(hits["method"], hits["seed"]))]
 
 

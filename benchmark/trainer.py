@@ -2,9 +2,10 @@
 
 For each stage of ``model.stages()``: epochs of optimiser steps (one Adam per step, over that
 step's parameters only), gradient clipping, a non-finite loss stops the run with an error;
-after every epoch the validation split is scored and early stopping on validation N@k keeps
-the best state (never before the stage's ``min_epochs``); the best state is restored at the end
-of the stage. The test split is evaluated once, after the last stage.
+after every epoch (every ``eval_every`` epochs for a stage that asks, and at its last epoch) the
+validation split is scored and early stopping on validation N@k keeps the best state (never
+before the stage's ``min_epochs``; ``train.patience`` counts epochs); the best state is restored
+at the end of the stage. History entries of epochs that were not validated have no ``val``. The test split is evaluated once, after the last stage.
 
 Resumable: after every epoch a checkpoint (model, optimisers, best state, history, and the
 torch / NumPy / Python RNG states) is written atomically; an interrupted run continues from its
@@ -190,6 +191,8 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
             if stage.on_start is not None:
                 stage.on_start()
             max_epochs = stage.max_epochs or cfg.max_epochs
+            if stage.eval_every < 1:
+                raise ValueError(f"stage {stage.name!r}: eval_every must be >= 1, not {stage.eval_every}")
             bar = tqdm(range(first, max_epochs + 1), desc=f"{stage.name}", unit="epoch", disable=not progress,
                        leave=False, initial=first - 1, total=max_epochs)
             for epoch in bar:
@@ -211,24 +214,24 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
                     torch.cuda.synchronize(device)
                 epoch_train = time.perf_counter() - tick
                 train_seconds += epoch_train
-                tick = time.perf_counter()
-                val_vectors = evaluate(model, val, k, cfg.eval_batch_size, device)
-                eval_seconds += time.perf_counter() - tick
-                val_means = metrics.mean_metrics(val_vectors)
-                monitor = val_means[f"N@{k}"]
                 epochs_run += 1
-                if monitor > best_value + cfg.min_delta:
-                    best_value, best_epoch, stale = monitor, epoch, 0
-                    best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
-                else:
-                    stale += 1
-                history.append({
-                    "stage": stage.name, "epoch": epoch, "seconds": epoch_train,
-                    "train_loss": {s: {p: v / max(n_batches, 1) for p, v in parts.items()} for s, parts in sums.items()},
-                    "val": {m: val_means[m] for m in (f"H@{k}", f"N@{k}", f"M@{k}", f"F1@{k}", "AUC")},
-                    **model.epoch_log(),
-                })
-                bar.set_postfix({f"val N@{k}": f"{monitor:.4f}", "best": f"{best_value:.4f}"})
+                entry = {"stage": stage.name, "epoch": epoch, "seconds": epoch_train,
+                         "train_loss": {s: {p: v / max(n_batches, 1) for p, v in parts.items()}
+                                        for s, parts in sums.items()}}
+                if epoch % stage.eval_every == 0 or epoch == max_epochs:
+                    tick = time.perf_counter()
+                    val_vectors = evaluate(model, val, k, cfg.eval_batch_size, device)
+                    eval_seconds += time.perf_counter() - tick
+                    val_means = metrics.mean_metrics(val_vectors)
+                    monitor = val_means[f"N@{k}"]
+                    if monitor > best_value + cfg.min_delta:
+                        best_value, best_epoch, stale = monitor, epoch, 0
+                        best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+                    else:
+                        stale += stage.eval_every  # patience counts epochs, not validations
+                    entry["val"] = {m: val_means[m] for m in (f"H@{k}", f"N@{k}", f"M@{k}", f"F1@{k}", "AUC")}
+                    bar.set_postfix({f"val N@{k}": f"{monitor:.4f}", "best": f"{best_value:.4f}"})
+                history.append({**entry, **model.epoch_log()})
                 if checkpoint is not None:
                     _atomic_torch_save({
                         "tag": checkpoint_tag, "stage": s_index, "epoch": epoch, "epochs_run": epochs_run,

@@ -270,7 +270,15 @@ def test_requests_without_positives_add_nothing(tiny_spec, tiny_batch):
 @pytest.mark.parametrize("hparams", [
     {"diffusion_steps": 0}, {"sample_steps": 0}, {"sample_steps": 33}, {"diffusion_steps": 8, "sample_steps": 32},
     {"ce_over": "all"}, {"inference_lambda": "zero"}, {"lambda_std": -0.1}, {"lambda_mean": float("nan")},
-    {"hidden": 130}, {"n_layers": 0}, {"dropout": 1.0}, {"emb_dropout": -0.1}, {"init_std": 0.0}])
+    {"hidden": 130}, {"n_layers": 0}, {"dropout": 1.0}, {"emb_dropout": -0.1}, {"init_std": 0.0},
+    {"eval_every": 0}])
 def test_bad_hyperparameters(tiny_spec, hparams):
     with pytest.raises(ConfigError):
         build("diffurec", tiny_spec, **hparams)
+
+
+def test_validates_every_eval_every_epochs(tiny_spec):
+    """Its one stage carries ``eval_every`` (default 5) to the trainer (tests/test_trainer.py shows
+    what the trainer does with it)."""
+    assert [(s.name, s.eval_every) for s in build("diffurec", tiny_spec).stages()] == [("main", 5)]
+    assert build("diffurec", tiny_spec, eval_every=1).stages()[0].eval_every == 1

@@ -182,6 +182,12 @@ def test_validation_frame_marks_the_selected_epoch_of_the_final_stage(results):
     prm = frame[frame["method"] == "prm"]
     assert set(prm["seed"]) == {0} and prm.loc[prm["best"], "step"].tolist() == [2]
     assert "retriever" not in set(frame["method"])  # nothing trained, so no curve
+    # epochs a stage did not validate (Stage.eval_every) have no point; the steps keep counting epochs
+    sparse = {"method": "diffurec", "seed": 0, "best_epoch": 4, "history": [
+        {"stage": "main", "epoch": e, **({"val": {"N@6": e / 10}} if e % 2 == 0 else {})} for e in range(1, 6)]}
+    frame = figures.validation_frame([sparse])
+    assert frame["step"].tolist() == [2, 4] and frame["val"].tolist() == [0.2, 0.4]
+    assert frame["best"].tolist() == [False, True]
 
 
 def test_cost_frame_averages_over_seeds(results):

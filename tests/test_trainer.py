@@ -174,3 +174,52 @@ def test_stage_on_start_runs_per_phase_and_again_on_resume(tiny_spec, splits, tm
     model = TwoPhases(tiny_spec)
     fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt, checkpoint_tag="x")
     assert model.phases == ["second"] and model.epochs_seen == [3, 4]
+
+
+class Sparse(ItemScorer):
+    """Validated every ``every`` epochs (``Stage.eval_every``, DiffuRec's setting)."""
+
+    def __init__(self, spec, every=2, **kw):
+        super().__init__(spec, **kw)
+        self.every = every
+
+    def stages(self):
+        return [Stage("main", [Step("model", self.loss, self.parameters)], eval_every=self.every)]
+
+
+def test_eval_every_validates_on_its_epochs_and_the_last(tiny_spec, splits):
+    cfg = dataclasses.replace(CFG, patience=10, max_epochs=7)
+    seed_everything(0)
+    result = fit(Sparse(tiny_spec), splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    assert result.epochs_run == 7 and [h["epoch"] for h in result.history] == list(range(1, 8))
+    assert [h["epoch"] for h in result.history if "val" in h] == [2, 4, 6, 7]
+    assert result.best_epoch in (2, 4, 6, 7) and all(h["seconds"] > 0 for h in result.history)
+    # patience counts epochs: with nothing counted as better after the first validation (epoch 2),
+    # the validation at epoch 4 leaves 2 epochs without improvement, and patience 2 stops there
+    cfg = dataclasses.replace(CFG, patience=2, max_epochs=20, min_delta=1.0)
+    seed_everything(0)
+    result = fit(Sparse(tiny_spec), splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    assert (result.epochs_run, result.best_epoch) == (4, 2)
+    # eval_every=1 is the every-epoch trainer: the same history as the default stage
+    cfg = dataclasses.replace(CFG, patience=10, max_epochs=4)
+    _, plain = run(tiny_spec, splits, cfg=cfg)
+    seed_everything(0)
+    every = fit(Sparse(tiny_spec, every=1), splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    assert [h["val"] for h in every.history] == [h["val"] for h in plain.history] and every.test == plain.test
+
+
+def test_eval_every_resumes_to_identical_result(tiny_spec, splits, tmp_path):
+    cfg = dataclasses.replace(CFG, patience=10, max_epochs=7)
+    seed_everything(0)
+    straight = fit(Sparse(tiny_spec, every=3), splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6)
+    ckpt = tmp_path / "run.ckpt"
+    seed_everything(0)
+    with pytest.raises(KeyboardInterrupt):  # killed after epoch 4: one validation done, one epoch since
+        fit(Sparse(tiny_spec, every=3, interrupt_at=5), splits["train"], splits["val"], splits["test"], cfg, seed=0,
+            k=6, checkpoint=ckpt, checkpoint_tag="x")
+    seed_everything(123)
+    model = Sparse(tiny_spec, every=3)
+    resumed = fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, checkpoint=ckpt,
+                  checkpoint_tag="x")
+    assert model.epochs_seen == [5, 6, 7] and resumed.test == straight.test
+    assert resumed.history == [dict(h, seconds=r["seconds"]) for h, r in zip(straight.history, resumed.history)]
