@@ -136,49 +136,47 @@ def _peer_seconds(results_dir: Path, dataset: str, method: str, digest: str) -> 
     return out
 
 
-def describe_plan(datasets: list[str], methods: list[str], seeds: list[int], opts: RunOptions) -> list[PlannedRun]:
-    """What ``plan`` would do with every run asked for, read from the records and checkpoints
-    in ``opts.results_dir`` (the same rule as ``plan``: finished = ok record, same config hash)."""
+def planned_run(spec: RunSpec, opts: RunOptions) -> PlannedRun:
+    """What ``plan`` would do with one run, read from the records and checkpoints in
+    ``opts.results_dir`` (the same rule as ``plan``: finished = ok record, same config hash)."""
     from benchmark.trainer import checkpoint_progress
 
-    out = []
-    for ds in datasets:
-        for method in methods:
-            digest = resolve_run_config(ds, method, opts.profile, opts.settings).digest()
-            peers = _peer_seconds(opts.results_dir, ds, method, digest)
-            typical = float(np.median(peers)) if peers else None
-            for seed in seeds:
-                spec = RunSpec(ds, method, seed)
-                record = store.read_record(opts.results_dir, spec) or {}
-                ckpt = checkpoint_progress(store.checkpoint_path(opts.results_dir, spec))
-                estimate = typical
-                if record.get("status") == "ok" and record.get("config_hash") == digest and not opts.force:
-                    test = record.get("headline") or {}
-                    state, estimate = "finished", 0.0
-                    trained = f"; best epoch {record.get('best_epoch')} of {record.get('epochs_run')}"
-                    detail = (str(record.get("finished_utc", ""))[:16] + (trained if record.get("epochs_run") else "")
-                              + "".join(f"; test {m} {100 * test[m]:.2f}" for m in test if m.startswith("N@")))
-                elif ckpt is not None and "error" in ckpt:
-                    state, detail = "retry", f"unreadable checkpoint ({ckpt['error']}): it fails once, then starts over"
-                elif ckpt is not None and ckpt["tag"] == digest:
-                    state = "resumes"
-                    done_s = float(ckpt.get("train_seconds") or 0.0) + float(ckpt.get("eval_seconds") or 0.0)
-                    detail = (f"after epoch {ckpt['epoch']} of stage {ckpt['stage']} ({ckpt['epochs_run']} epochs, "
-                              f"{done_s / 60:.0f} min done); best so far epoch {ckpt['best_epoch']}, "
-                              f"{ckpt['stale']} without improvement")
-                    estimate = None if typical is None else max(typical - done_s, 0.0)
-                elif record.get("status") == "failed":
-                    state, detail = "retry", f"last attempt failed: {record.get('error')}"
-                elif record.get("status") == "ok":
-                    state = "outdated"
-                    detail = ("--force: runs again" if record.get("config_hash") == digest
-                              else "its record has another config hash: runs again")
-                else:
-                    state, detail = "new", ""
-                if ckpt is not None and "error" not in ckpt and ckpt["tag"] != digest and state != "finished":
-                    detail = (detail + "; " if detail else "") + "its checkpoint is of another config: starts over"
-                out.append(PlannedRun(spec, state, detail, estimate))
-    return out
+    digest = resolve_run_config(spec.dataset, spec.method, opts.profile, opts.settings).digest()
+    peers = _peer_seconds(opts.results_dir, spec.dataset, spec.method, digest)
+    estimate = float(np.median(peers)) if peers else None
+    record = store.read_record(opts.results_dir, spec) or {}
+    ckpt = checkpoint_progress(store.checkpoint_path(opts.results_dir, spec))
+    if record.get("status") == "ok" and record.get("config_hash") == digest and not opts.force:
+        test = record.get("headline") or {}
+        state, estimate = "finished", 0.0
+        trained = f"; best epoch {record.get('best_epoch')} of {record.get('epochs_run')}"
+        detail = (str(record.get("finished_utc", ""))[:16] + (trained if record.get("epochs_run") else "")
+                  + "".join(f"; test {m} {100 * test[m]:.2f}" for m in test if m.startswith("N@")))
+    elif ckpt is not None and "error" in ckpt:
+        state, detail = "retry", f"unreadable checkpoint ({ckpt['error']}): it fails once, then starts over"
+    elif ckpt is not None and ckpt["tag"] == digest:
+        state = "resumes"
+        done_s = float(ckpt.get("train_seconds") or 0.0) + float(ckpt.get("eval_seconds") or 0.0)
+        detail = (f"after epoch {ckpt['epoch']} of stage {ckpt['stage']} ({ckpt['epochs_run']} epochs, "
+                  f"{done_s / 60:.0f} min done); best so far epoch {ckpt['best_epoch']}, "
+                  f"{ckpt['stale']} without improvement")
+        estimate = None if estimate is None else max(estimate - done_s, 0.0)
+    elif record.get("status") == "failed":
+        state, detail = "retry", f"last attempt failed: {record.get('error')}"
+    elif record.get("status") == "ok":
+        state = "outdated"
+        detail = ("--force: runs again" if record.get("config_hash") == digest
+                  else "its record has another config hash: runs again")
+    else:
+        state, detail = "new", ""
+    if ckpt is not None and "error" not in ckpt and ckpt["tag"] != digest and state != "finished":
+        detail = (detail + "; " if detail else "") + "its checkpoint is of another config: starts over"
+    return PlannedRun(spec, state, detail, estimate)
+
+
+def describe_plan(datasets: list[str], methods: list[str], seeds: list[int], opts: RunOptions) -> list[PlannedRun]:
+    """:func:`planned_run` for every run asked for, in ``plan``'s order."""
+    return [planned_run(RunSpec(ds, method, seed), opts) for ds in datasets for method in methods for seed in seeds]
 
 
 def run_one(spec: RunSpec, opts: RunOptions, device: str = "cpu") -> dict[str, Any]:
@@ -237,9 +235,22 @@ def run_one(spec: RunSpec, opts: RunOptions, device: str = "cpu") -> dict[str, A
         return {"spec": spec, "status": "failed", "seconds": time.perf_counter() - started, "error": error}
 
 
-def _line(summary: dict[str, Any], done: int, total: int, elapsed: float, lane: str) -> str:
+def lane_eta(remaining: list[RunSpec], opts: RunOptions, per_run: float) -> float:
+    """Seconds still to go for ``remaining``: each run's :func:`planned_run` estimate (its
+    finished seeds' median, less what its checkpoint has done), or ``per_run`` (this lane's mean
+    so far) for a run with no finished seed to go by."""
+    total = 0.0
+    for spec in remaining:
+        try:
+            estimate = planned_run(spec, opts).estimate_s
+        except Exception:  # noqa: BLE001 - an estimate must never stop a lane
+            estimate = None
+        total += per_run if estimate is None else estimate
+    return total
+
+
+def _line(summary: dict[str, Any], done: int, total: int, elapsed: float, lane: str, eta: float) -> str:
     spec = summary["spec"]
-    eta = elapsed / done * (total - done) if done else 0.0
     tail = (" ".join(f"{m}={100 * v:.2f}" for m, v in summary["headline"].items())
             if summary["status"] == "ok" else summary["error"])
     return (f"[{lane}] {done}/{total} {spec.name}: {summary['status']} in {summary['seconds']:.1f}s | "
@@ -255,7 +266,9 @@ def run_lane(specs: list[RunSpec], opts: RunOptions, device: str, threads: int |
     for i, spec in enumerate(specs, 1):
         summary = run_one(spec, opts, device)
         out.append(summary)
-        print(_line(summary, i, len(specs), time.perf_counter() - started, lane), flush=True)
+        elapsed = time.perf_counter() - started
+        eta = lane_eta(specs[i:], opts, elapsed / i)
+        print(_line(summary, i, len(specs), elapsed, lane, eta), flush=True)
     return out
 
 

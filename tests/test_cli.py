@@ -124,3 +124,16 @@ def test_plan_reports_each_state_and_trains_nothing(run_cli, tmp_path):
     code, out, _ = run_cli("--methods", "prm", "--dataset", "ml-100k", "--profile", "smoke", "--plan",
                            "--seeds", "1", "--set", "train.lr=0.5")
     assert code == 0 and "checkpoint is of another config" in out and "no estimate" in out, out
+
+
+def test_lane_eta_uses_finished_seeds_and_falls_back_to_the_lane_mean(tmp_path):
+    from benchmark import store
+    from benchmark.config import resolve_run_config
+
+    opts = runner.RunOptions(results_dir=tmp_path, profile="smoke")
+    digest = resolve_run_config("ml-100k", "prm", "smoke", {}).digest()
+    store.write_record(tmp_path, RunSpec("ml-100k", "prm", 0),
+                       {"status": "ok", "config_hash": digest, "train_seconds": 600.0, "eval_seconds": 60.0})
+    remaining = [RunSpec("ml-100k", "prm", 1), RunSpec("ml-100k", "prm", 2), RunSpec("ml-100k", "dnr-b", 0)]
+    assert runner.lane_eta(remaining, opts, per_run=30.0) == pytest.approx(2 * 660.0 + 30.0)
+    assert runner.lane_eta([], opts, per_run=30.0) == 0.0
