@@ -385,10 +385,36 @@ def paper_vs_measured(results_dir: Path, datasets: Sequence[str]) -> Grid | None
             "Books sample for the paper's Book crawl, so those rows are for orientation, not comparison. The "
             "paper picks each metric's best epoch on the test set (methods.md §1.4), we pick one epoch on "
             "validation N@6, and the candidate lists differ (protocol.md), so even ML-1M differences are "
-            "protocol as much as method differences. Table 12 (seconds) is compared as ratios in Table 12.")
+            "protocol as much as method differences. Table 12 (seconds) is compared as ratios in Table 12."
+            + rank_agreement_text(rows))
     title = "Paper versus measured"
     return Grid("paper_vs_measured", title, cells, groups, names, false, false.copy(),
                 _caption(title, body, False), _caption(title, _escape(body), True), values=values)
+
+
+def rank_agreement(rows: Sequence[dict], metric: str = "N@6") -> dict[str, tuple[float, float, int]]:
+    """Per dataset: Kendall's τ-b between the paper's Table 1 ``metric`` and ours over the Table 1
+    methods we ran (``scipy.stats.kendalltau``), its two-sided p-value, and how many methods.
+    ``rows``: ``paper_vs_measured``'s rows. Datasets with fewer than 3 such methods are left out."""
+    from scipy.stats import kendalltau
+
+    out = {}
+    for d in dict.fromkeys(r["dataset"] for r in rows):
+        pairs = [(r["published"][metric], r["ours"][metric]) for r in rows
+                 if r["dataset"] == d and "1" in r["tables"] and metric in r["published"]]
+        if len(pairs) >= 3:
+            tau, p = kendalltau(*zip(*pairs))
+            out[d] = (float(tau), float(p), len(pairs))
+    return out
+
+
+def rank_agreement_text(rows: Sequence[dict], metric: str = "N@6") -> str:
+    agreement = rank_agreement(rows, metric)
+    if not agreement:
+        return ""
+    parts = [f"{dataset_name(d)} τ = {tau:+.2f} (p = {p:.2g}, {n} methods)" for d, (tau, p, n) in agreement.items()]
+    return (f" Does our ordering of Table 1's methods follow the paper's? Kendall's τ-b between the two {metric} "
+            f"columns over the Table 1 methods we ran: {'; '.join(parts)}.")
 
 
 def build_all(results_dir: Path, datasets: Sequence[str], test: str = "t", alpha: float = 0.05) -> list[Grid]:

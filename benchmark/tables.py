@@ -290,7 +290,8 @@ _TEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "
                 "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
                 "–": "--", "—": "---", "α": "$\\alpha$", "×": "$\\times$", "Δ": "$\\Delta$",
                 "≥": "$\\geq$", "≤": "$\\leq$", "†": "$^{\\dagger}$", "§": "\\S{}", "−": "$-$",
-                "±": "$\\pm$", "…": "\\ldots{}", "ε": "$\\varepsilon$", "λ": "$\\lambda$", "→": "$\\to$"}
+                "±": "$\\pm$", "…": "\\ldots{}", "ε": "$\\varepsilon$", "λ": "$\\lambda$", "→": "$\\to$",
+                "τ": "$\\tau$"}
 
 
 def _escape(text: str) -> str:

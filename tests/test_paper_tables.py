@@ -191,3 +191,22 @@ def test_report_bad_input(tmp_path, results, capsys):
     assert report.main(["--results-dir", str(tmp_path / "empty")]) == 2
     assert "error: no finished runs" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_rank_agreement_with_the_paper():
+    """Kendall's τ-b over the Table 1 rows only, per dataset, and only with 3 methods or more."""
+    def row(d, slug, paper, ours, tables=("1",)):
+        return {"dataset": d, "slug": slug, "tables": list(tables), "published": {"N@6": paper}, "ours": {"N@6": ours}}
+
+    rows = [row("ml-1m", "a", 50, 10), row("ml-1m", "b", 60, 20), row("ml-1m", "c", 70, 30),
+            row("ml-1m", "d", 80, 0, tables=("2",)),  # not a Table 1 row: left out
+            row("kuairand", "a", 50, 30), row("kuairand", "b", 60, 20), row("kuairand", "c", 70, 10),
+            row("amazon-books", "a", 50, 10), row("amazon-books", "b", 60, 20)]  # 2 methods: no τ
+    agreement = paper_tables.rank_agreement(rows)
+    assert set(agreement) == {"ml-1m", "kuairand"}
+    assert agreement["ml-1m"][0] == pytest.approx(1.0) and agreement["ml-1m"][2] == 3
+    assert agreement["kuairand"][0] == pytest.approx(-1.0)
+    text = paper_tables.rank_agreement_text(rows)
+    assert "ML-1M τ = +1.00" in text and "KuaiRand τ = -1.00" in text and "3 methods" in text
+    assert paper_tables.rank_agreement_text(rows[-2:]) == ""
+    assert tables._escape(text).isascii() and "$\\tau$" in tables._escape(text)  # τ has a LaTeX spelling
