@@ -129,6 +129,34 @@ def _run_lines(frame: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
     return lines
 
 
+SEEDS_EXPECTED = 3
+"""Seeds per method and dataset a complete set of results has: the paper profile's default
+(``./run_all.sh``, seeds 0 1 2)."""
+
+
+def coverage_lines(frame: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
+    """Per dataset, the registered methods with no finished run and those with fewer than
+    ``SEEDS_EXPECTED`` seeds, so a reader sees what the tables do not cover yet."""
+    from benchmark import registry
+
+    every = registry.resolve(["all"])
+    lines = []
+    for d in datasets:
+        seeds = frame[frame["dataset"] == d].groupby("method")["seed"].nunique()
+        missing = [m for m in every if m not in seeds.index]
+        short = [f"{m} ({seeds[m]})" for m in every if m in seeds.index and seeds[m] < SEEDS_EXPECTED]
+        if missing or short:
+            parts = ([f"not run: {', '.join(missing)}"] if missing else []) + (
+                [f"fewer than {SEEDS_EXPECTED} seeds: {', '.join(short)}"] if short else [])
+            lines.append(f"- {tables.dataset_name(d)}: {'; '.join(parts)}")
+    if lines:
+        lines = ["", "## Not covered yet", "",
+                 f"Registered methods (`--methods all`) without {SEEDS_EXPECTED} finished seeds here. "
+                 f"`python -m benchmark --plan --methods all --dataset DATASET --seeds 0 1 2` shows which of them "
+                 "resume from a checkpoint and the time still to go.", "", *lines]
+    return lines
+
+
 NOTES = "NOTES.md"
 """A hand-kept file beside the generated index (the commands behind the records); linked when present."""
 
@@ -158,6 +186,7 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
         out += ["", "Runs that kept their first epoch (validation never improved on it before early stopping, "
                     "so they likely stopped before learning; their cells are not the method's quality): "
                 + "; ".join(f"{tables.dataset_name(d)}: {', '.join(runs)}" for d, runs in stuck.items() if runs) + "."]
+    out += coverage_lines(frame, datasets)
     out += ["", "## Tables", ""]
     out += [f"- [{Path(f).stem}]({f})" + (f" ([LaTeX]({f[:-3]}.tex))" if f"{f[:-3]}.tex" in rel else "")
             for f in table_files]

@@ -163,6 +163,11 @@ def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
     assert "- [table1_seed_std](tables/table1_seed_std.md)\n" in index  # no LaTeX of it: no dead link
     assert "NOTES.md" not in index and "`pdflatex tables.tex`" in index
     assert "kept their first epoch" not in index  # every synthetic run's best epoch is 2
+    covered = index.split("## Not covered yet", 1)[1].split("## Tables", 1)[0]
+    kuairand = next(line for line in covered.splitlines() if line.startswith("- KuaiRand: "))
+    assert "not run: " in kuairand and "sasrec" in kuairand and "pier" in kuairand
+    assert "fewer than 3 seeds: " in kuairand and "prm (1)" in kuairand and "dnr-b (1)" in kuairand
+    assert "--plan --methods all" in covered
     (tmp_path / "a" / "NOTES.md").write_text("how the runs were made")
     again = report.build(results, tmp_path / "a", figures=False)
     assert "[NOTES.md](NOTES.md)" in (tmp_path / "a" / "README.md").read_text() and again.skipped == first.skipped
