@@ -36,9 +36,13 @@ Blocks, per request (hidden d = 128):
 * **Losses** (end to end, one optimiser step): BCE of s on z; OCPM's BCE over the items of the
   logged list (exposed items in initial order, with their labels) and of ``train_permutations``
   - 1 generated ones (labels from z; fillers are 0, as the metrics count them, so OCPM also
-  learns what a filler in a slot is worth); and FPSM's comparative loss, a listwise cross-entropy
-  between softmax(OCPM values) (detached, the teacher) and softmax(FPSM similarity / τ_f) over
-  the same generated permutations, weighted ``fpsm_weight``.
+  learns what a filler in a slot is worth); and FPSM's comparative loss over the same generated
+  permutations, weighted ``fpsm_weight``: a contrastive cross-entropy of softmax(FPSM similarity
+  / τ_f) with OCPM's preferred permutation (the arg-max of its detached values) as the positive
+  (``fpsm_teacher="best"``, methods.md §4.2). ``fpsm_teacher="soft"`` uses softmax(OCPM values)
+  as a soft target instead; it teaches FPSM nothing here: the values of permutations drawn from
+  the same 12-item pool differ by a fraction of a click, so that softmax is near-uniform and the
+  loss stays at ln(P - 1) (0.1 · ln 7 = 0.195 in every epoch of a KuaiRand run).
 * **Inference**: generate P permutations, keep the ``keep`` best by hashed similarity, display
   the one OCPM values most. ``score`` = :func:`~benchmark.api.order_scores` of that list over the
   candidate scores s, so the AUC is rank-derived for the chosen six (``rank_derived_auc``).
@@ -46,7 +50,7 @@ Blocks, per request (hidden d = 128):
 ``search="lite"`` (slug ``pier-lite``) is the Kuaishou re-implementation's behaviour: score and
 sort by s, no permutation search (methods.md §4.2 says DNR's PIER numbers most likely came from
 it). Choices where the paper is silent or unrecoverable: P = 32, pool = 12, keep = 8, 32 hash
-bits, γ = 0.9, 8 training permutations, τ_f = 0.1, fpsm_weight = 0.1. Deviations: the history
+bits, γ = 0.9, 8 training permutations, τ_f = 0.1, fpsm_weight = 0.1, the arg-max teacher. Deviations: the history
 permutations are history chunks (no logged display order), and OCPM's time-aware unit uses
 recency slots because the lists carry no per-interaction timestamps.
 """
@@ -64,6 +68,7 @@ from baselines.prm import PRM
 from baselines.score_inputs import register_score_variants
 
 SEARCHES = ("fpsm", "lite")
+FPSM_TEACHERS = ("best", "soft")
 
 
 def plackett_luce_permutations(logits: torch.Tensor, mask: torch.Tensor, n: int, pool: int, k: int,
@@ -96,11 +101,14 @@ class PIER(PRM):
                  dropout: float = 0.1, causal: bool = False, user_layers: int = 1, score_input: str = "none",
                  late_score: bool = False, search: str = "fpsm", permutations: int = 32, pool: int = 12,
                  keep: int = 8, train_permutations: int = 8, hash_bits: int = 32, time_decay: float = 0.9,
-                 fpsm_tau: float = 0.1, fpsm_weight: float = 0.1, ocpm_weight: float = 1.0, sample_seed: int = 0):
+                 fpsm_tau: float = 0.1, fpsm_weight: float = 0.1, ocpm_weight: float = 1.0, sample_seed: int = 0,
+                 fpsm_teacher: str = "best"):
         super().__init__(spec, hidden=hidden, n_layers=n_layers, n_heads=n_heads, ffn=ffn, dropout=dropout,
                          causal=causal, user_layers=user_layers, score_input=score_input, late_score=late_score)
         if search not in SEARCHES:
             raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, not {search!r}")
+        if fpsm_teacher not in FPSM_TEACHERS:
+            raise ConfigError(f"fpsm_teacher must be one of {', '.join(FPSM_TEACHERS)}, not {fpsm_teacher!r}")
         k = spec.k
         if not (1 <= keep <= permutations) or train_permutations < 1 or hash_bits < 1:
             raise ConfigError("PIER needs 1 <= keep <= permutations, train_permutations >= 1 and hash_bits >= 1")
@@ -114,7 +122,7 @@ class PIER(PRM):
         self.rank_derived_auc = search == "fpsm"
         self.n_perm, self.pool, self.keep, self.n_train_perm = permutations, pool, keep, train_permutations
         self.time_decay, self.fpsm_tau, self.fpsm_weight, self.ocpm_weight = time_decay, fpsm_tau, fpsm_weight, ocpm_weight
-        self.sample_seed = sample_seed
+        self.sample_seed, self.fpsm_teacher = sample_seed, fpsm_teacher
         # OCPM
         self.slot = nn.Embedding(k, hidden)
         layer = nn.TransformerEncoderLayer(hidden, n_heads, dim_feedforward=ffn, dropout=dropout, batch_first=True,
@@ -223,9 +231,12 @@ class PIER(PRM):
         labels = batch.labels.gather(1, perms.flatten(1)).view_as(perms)
         parts = {"ocpm": self.ocpm_weight * F.binary_cross_entropy_with_logits(ocpm, labels)}
         if self.n_train_perm > 1 and self.fpsm_weight > 0:
-            teacher = torch.softmax(self.permutation_value(ocpm[:, 1:]).detach(), dim=1)
+            value = self.permutation_value(ocpm[:, 1:]).detach()
             student = torch.log_softmax(self.fpsm_similarity(batch, perms[:, 1:], hard=False) / self.fpsm_tau, dim=1)
-            parts["fpsm"] = self.fpsm_weight * -(teacher * student).sum(1).mean()
+            if self.fpsm_teacher == "best":  # OCPM's preferred permutation is the positive
+                parts["fpsm"] = self.fpsm_weight * F.nll_loss(student, value.argmax(dim=1))
+            else:
+                parts["fpsm"] = self.fpsm_weight * -(torch.softmax(value, dim=1) * student).sum(1).mean()
         return parts
 
 

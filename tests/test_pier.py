@@ -161,3 +161,35 @@ def test_dnr_on_the_pier_backbone(tiny_spec, tiny_batch, monkeypatch):
 def test_bad_settings_are_config_errors(tiny_spec, bad):
     with pytest.raises(ConfigError):
         build("pier", tiny_spec, **bad)
+
+
+def fpsm_losses(tiny_spec, tiny_batch, teacher, steps=60):
+    """FPSM's loss over ``steps`` Adam steps on its own parameters, with the permutations and the
+    rest of the model held fixed (same seed for every draw, dropout off)."""
+    torch.manual_seed(0)
+    model = build("pier", tiny_spec, fpsm_teacher=teacher, fpsm_weight=1.0)
+    model.eval()
+    params = [*model.fpsm_item.parameters(), model.fpsm_slot, *model.hyperplanes.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)  # the suite's learning rate
+    out = []
+    for _ in range(steps):
+        torch.manual_seed(1)
+        loss = model.loss(tiny_batch)["fpsm"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(float(loss.detach()))
+    return out
+
+
+def test_fpsm_learns_to_rank_the_permutation_ocpm_prefers_first(tiny_spec, tiny_batch):
+    """With OCPM's preferred permutation as the positive, FPSM's hashing learns (its loss falls from
+    about ln 7 for 8 training permutations); a soft target from the near-equal OCPM values barely
+    moves it, which is why "best" is the default."""
+    best = fpsm_losses(tiny_spec, tiny_batch, "best")
+    assert best[0] == pytest.approx(torch.log(torch.tensor(7.0)).item(), abs=0.3)
+    assert best[-1] < 0.5 * best[0]
+    soft = fpsm_losses(tiny_spec, tiny_batch, "soft")
+    assert soft[-1] > 0.97 * soft[0]
+    with pytest.raises(ConfigError):
+        build("pier", tiny_spec, fpsm_teacher="hard")
