@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -124,14 +123,12 @@ PLAN_STATES = ("finished", "resumes", "retry", "outdated", "new")
 
 
 def _peer_seconds(results_dir: Path, dataset: str, method: str, digest: str) -> list[float]:
-    folder = Path(results_dir) / "runs" / dataset / method
+    """Train + eval seconds of every finished seed of (dataset, method) with this config hash."""
     out = []
-    for path in sorted(folder.glob("seed*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("status") == "ok" and record.get("config_hash") == digest:
+    for path in sorted((Path(results_dir) / "runs" / dataset / method).glob("seed*.json")):
+        spec = RunSpec(dataset, method, int(path.stem.removeprefix("seed")))
+        if store.is_finished(results_dir, spec, digest):
+            record = store.read_record(results_dir, spec)
             out.append(float(record.get("train_seconds") or 0.0) + float(record.get("eval_seconds") or 0.0))
     return out
 
@@ -146,7 +143,7 @@ def planned_run(spec: RunSpec, opts: RunOptions) -> PlannedRun:
     estimate = float(np.median(peers)) if peers else None
     record = store.read_record(opts.results_dir, spec) or {}
     ckpt = checkpoint_progress(store.checkpoint_path(opts.results_dir, spec))
-    if record.get("status") == "ok" and record.get("config_hash") == digest and not opts.force:
+    if not opts.force and store.is_finished(opts.results_dir, spec, digest):  # plan()'s rule
         test = record.get("headline") or {}
         state, estimate = "finished", 0.0
         trained = f"; best epoch {record.get('best_epoch')} of {record.get('epochs_run')}"

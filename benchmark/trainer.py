@@ -5,7 +5,8 @@ step's parameters only), gradient clipping, a non-finite loss stops the run with
 after every epoch (every ``eval_every`` epochs for a stage that asks, and at its last epoch) the
 validation split is scored and early stopping on validation N@k keeps the best state (never
 before the stage's ``min_epochs``; ``train.patience`` counts epochs); the best state is restored
-at the end of the stage. History entries of epochs that were not validated have no ``val``. The test split is evaluated once, after the last stage.
+at the end of the stage. History entries of epochs that were not validated have no ``val``.
+The test split is evaluated once, after the last stage.
 
 Resumable: after every epoch a checkpoint (model, optimisers, best state, history, and the
 torch / NumPy / Python RNG states) is written atomically; an interrupted run continues from its
