@@ -280,6 +280,27 @@ def _check_model_value(cls: type, key: str, value: Any, where: str) -> Any:
     return value if annotation is inspect.Parameter.empty else _checked(annotation, key, value, where)
 
 
+def _backbone_args(entry, backbone: str, overrides: list[tuple[str, Any, str, bool]], method: str) -> dict[str, Any]:
+    """The backbone's resolved hyper-parameters, less those the wrapping method sets itself: its
+    slug's defaults, then the layered ``overrides`` the backbone accepts (a key neither accepts is
+    an error where the layer names this method, and ignored where the layer is generic)."""
+    from benchmark import registry
+
+    inner = registry.get(backbone)
+    controlled = set(getattr(entry.cls, "backbone_controlled", ()))
+    accepted = registry.accepted_hparams(inner.cls) - controlled
+    args = {k: v for k, v in inner.hyperparameters().items() if k in accepted}
+    for key, value, where, generic in overrides:
+        if key in accepted:
+            args[key] = _check_model_value(inner.cls, key, value, where)
+        elif not generic:
+            options = sorted(registry.accepted_hparams(entry.cls) | accepted)
+            close = difflib.get_close_matches(key, options, n=1)
+            raise ConfigError(f"{where}: {method} (backbone {backbone}) has no hyper-parameter {key!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return args
+
+
 def resolve_run_config(dataset: str, method: str, profile: str = "paper",
                        settings: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """The full configuration of one (dataset, method) run; see the module docstring for the
@@ -305,10 +326,20 @@ def resolve_run_config(dataset: str, method: str, profile: str = "paper",
     entry = registry.get(method)
     accepted = registry.accepted_hparams(entry.cls)
     model = entry.hyperparameters()
+    # A method that wraps a backbone (DNR) takes the backbone's other hyper-parameters through
+    # ``backbone_args``; keys only the backbone accepts are collected here and checked once the
+    # backbone slug is known (it may itself be set by a layer).
+    wraps = "backbone_args" in accepted
+    for_backbone: list[tuple[str, Any, str, bool]] = []
 
     def layer(values: dict[str, Any], where: str, generic: bool) -> None:
         for key, value in values.items():
+            if key == "backbone_args":
+                raise ConfigError(f"{where}: set the backbone's keys directly (e.g. n_heads = 8), not backbone_args")
             if key not in accepted:
+                if wraps:
+                    for_backbone.append((key, value, where, generic))
+                    continue
                 if generic:
                     continue
                 close = difflib.get_close_matches(key, sorted(accepted), n=1)
@@ -325,7 +356,22 @@ def resolve_run_config(dataset: str, method: str, profile: str = "paper",
     layer(prof.get("model", {}), f"profile {profile}", generic=True)
     layer(settings.get("model", {}), "--set model", generic=True)
     layer(settings.get(method, {}), f"--set {method}", generic=False)
+    if wraps:
+        model["backbone_args"] = _backbone_args(entry, model["backbone"], for_backbone, method)
     return RunConfig(dataset=dataset, method=method, profile=profile, data=data, train=train, model=model)
+
+
+def _settable(entry) -> set[str]:
+    """Model keys a ``--set model.KEY`` may name for this method: its own, and for a method that
+    wraps a backbone, the backbone's that it does not set itself."""
+    from benchmark import registry
+
+    keys = registry.accepted_hparams(entry.cls)
+    if "backbone_args" in keys:
+        keys = keys - {"backbone_args"}
+        inner = registry.get(entry.hyperparameters()["backbone"])
+        keys |= registry.accepted_hparams(inner.cls) - set(getattr(entry.cls, "backbone_controlled", ()))
+    return keys
 
 
 def check_settings(settings: dict[str, dict[str, Any]], methods: list[str]) -> None:
@@ -336,7 +382,7 @@ def check_settings(settings: dict[str, dict[str, Any]], methods: list[str]) -> N
         if section in ("data", "train"):
             continue
         if section == "model":
-            accepted = set().union(*(registry.accepted_hparams(registry.get(m).cls) for m in methods))
+            accepted = set().union(*(_settable(registry.get(m)) for m in methods))
             for key in values:
                 if key not in accepted:
                     raise ConfigError(f"--set model.{key}: none of the selected methods has this hyper-parameter")

@@ -41,6 +41,10 @@ class DNR(Reranker):
 
     family = "dnr"
     uses_retriever_score = True
+    backbone_controlled = ("hidden", "n_layers", "dropout", "late_score", "score_input")
+    """The backbone's hyper-parameters DNR sets itself; the backbone's others are ``backbone_args``,
+    which ``benchmark.config`` fills with the backbone slug's resolved defaults so that they are
+    part of every DNR record's config (and hash): a change of a backbone default re-runs DNR too."""
 
     def __init__(self, spec: DataSpec, *, backbone: str = "prm", hidden: int = 128, n_layers: int = 2,
                  dropout: float = 0.1, injection: str = "late", noise: str = "beta", beta_a: float = 0.5,
@@ -48,8 +52,13 @@ class DNR(Reranker):
                  lam: float = 0.4, switch_epoch: int = 40, learned_generator: bool = True,
                  adversarial: bool = True, regulariser: bool = True, reg_weight: float = 1.0,
                  reg_form: str = "kl", reg_tau: float = 1.0, gen_hidden: int = 128, gen_noise_dim: int = 8,
-                 gen_lr: float | None = None, gen_encoding: str = "cached", gen_input: str = "context"):
+                 gen_lr: float | None = None, gen_encoding: str = "cached", gen_input: str = "context",
+                 backbone_args: dict | None = None):
         super().__init__(spec)
+        backbone_args = dict(backbone_args or {})
+        clash = sorted(set(backbone_args) & set(self.backbone_controlled))
+        if clash:
+            raise ConfigError(f"backbone_args may not set {clash}: DNR sets them (use DNR's own keys)")
         _choice("injection", injection, INJECTIONS)
         _choice("score_range", score_range, SCORE_RANGES)
         _choice("reg_form", reg_form, DIVERGENCES)
@@ -66,7 +75,7 @@ class DNR(Reranker):
         self.late = injection == "late"
         self.backbone = registry.build(backbone, spec, late_score=self.late,
                                        score_input="none" if self.late else injection, dropout=dropout,
-                                       n_layers=n_layers, hidden=hidden)
+                                       n_layers=n_layers, hidden=hidden, **backbone_args)
         self.rank_derived_auc = self.backbone.rank_derived_auc  # PIER's search emits an order
         self.heuristic = HeuristicNoise(noise, beta_a, beta_b, posterior)
         self.generator = (NoiseGenerator(hidden if gen_input == "context" else 0, hidden, gen_hidden, gen_noise_dim,

@@ -67,3 +67,38 @@ def test_sample_users_is_taken_after_the_k_core_and_left_out_of_the_hash_when_un
     # the smoke profile's lists on ml-100k: 150 users, each with the dataset's own 20-core history
     lists, _ = build_candidate_lists("ml-100k", cache_dir=tmp_path, overrides=PROFILES["smoke"]["data"])
     assert len(np.unique(lists.arrays["user"])) == 150
+
+
+def test_a_wrapping_method_records_its_backbones_settings_so_they_are_in_its_hash(monkeypatch):
+    """DNR's config holds every backbone hyper-parameter it does not set itself (``backbone_args``),
+    so a changed backbone default is a new DNR config hash (the run is redone, not served stale)."""
+    from benchmark import registry
+
+    pier = resolve_run_config("kuairand", "dnr-pier").model["backbone_args"]
+    assert pier["fpsm_teacher"] == "best" and pier["search"] == "fpsm" and "hidden" not in pier
+    before = resolve_run_config("kuairand", "dnr-b")
+    assert before.model["backbone_args"] == {"n_heads": 4, "ffn": 128, "causal": False, "user_layers": 1}
+    entry = registry.get("prm")
+    monkeypatch.setitem(registry._REGISTRY, "prm", entry.__class__(**{**entry.__dict__, "defaults": {"n_heads": 8}}))
+    after = resolve_run_config("kuairand", "dnr-b")
+    assert after.model["backbone_args"]["n_heads"] == 8 and after.digest() != before.digest()
+
+
+def test_backbone_keys_are_set_like_any_other_key():
+    from benchmark.config import check_settings
+
+    check_settings({"model": {"n_heads": 8}}, ["dnr-b"])  # a key only the backbone has
+    both = parse_set_options(["model.n_heads=8"])
+    assert resolve_run_config("kuairand", "prm", settings=both).model["n_heads"] == 8
+    assert resolve_run_config("kuairand", "dnr-b", settings=both).model["backbone_args"]["n_heads"] == 8
+    own = parse_set_options(["dnr-pier.keep=4"])
+    assert resolve_run_config("kuairand", "dnr-pier", settings=own).model["backbone_args"]["keep"] == 4
+    # a key the chosen backbone lacks is skipped when generic and an error when aimed at the method
+    assert "keep" not in resolve_run_config("kuairand", "dnr-b", settings=parse_set_options(["model.keep=4"])
+                                            ).model["backbone_args"]
+    with pytest.raises(ConfigError, match="dnr-b .backbone prm. has no hyper-parameter 'n_head'.*n_heads"):
+        resolve_run_config("kuairand", "dnr-b", settings=parse_set_options(["dnr-b.n_head=8"]))
+    with pytest.raises(ConfigError, match="not backbone_args"):
+        resolve_run_config("kuairand", "dnr-b", settings={"dnr-b": {"backbone_args": {"n_heads": 8}}})
+    with pytest.raises(ConfigError, match="n_heads"):
+        resolve_run_config("kuairand", "dnr-b", settings=parse_set_options(["dnr-b.n_heads='eight'"]))

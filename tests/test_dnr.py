@@ -317,3 +317,14 @@ def test_registered_variants(tiny_spec):
     assert len(large.backbone.encoder.layers.layers) == 6
     with pytest.raises(ConfigError):
         build(spec=tiny_spec, injection="sideways")
+
+
+def test_backbone_args_reach_the_backbone_and_may_not_override_what_dnr_sets(tiny_spec):
+    model = build(spec=tiny_spec, backbone_args={"n_heads": 2, "ffn": 24})
+    assert build(spec=tiny_spec).backbone.encoder.layers.layers[0].self_attn.num_heads == 4
+    layer = model.backbone.encoder.layers.layers[0]
+    assert layer.self_attn.num_heads == 2 and layer.linear1.out_features == 24
+    with pytest.raises(ConfigError, match="backbone_args may not set .'hidden'"):
+        build(spec=tiny_spec, backbone_args={"hidden": 32})
+    with pytest.raises(ConfigError, match="no hyper-parameter 'n_head'"):
+        build(spec=tiny_spec, backbone_args={"n_head": 2})
