@@ -78,7 +78,9 @@ def list_methods() -> str:
 
     rows = []
     for slug, entry in registry.available().items():
-        hp = ", ".join(f"{k}={v!r}" for k, v in entry.hyperparameters().items())
+        params = entry.hyperparameters()
+        hp = ", ".join(f"{k}=(the {params.get('backbone')} slug's other defaults)" if k == "backbone_args" and v is None
+                       else f"{k}={v!r}" for k, v in params.items())
         rows.append((slug, entry.family, ",".join(entry.groups), hp))
     return tabulate(rows, headers=["method", "family", "groups", "hyper-parameters (defaults)"], tablefmt="simple",
                     maxcolwidths=[None, None, None, 90])
