@@ -280,15 +280,22 @@ def _check_model_value(cls: type, key: str, value: Any, where: str) -> Any:
     return value if annotation is inspect.Parameter.empty else _checked(annotation, key, value, where)
 
 
+def _backbone_keys(entry, backbone: str):
+    """The backbone's registry entry and the keys of it that the wrapping method leaves to
+    ``backbone_args`` (all but its ``backbone_controlled`` ones)."""
+    from benchmark import registry
+
+    inner = registry.get(backbone)
+    return inner, registry.accepted_hparams(inner.cls) - set(getattr(entry.cls, "backbone_controlled", ()))
+
+
 def _backbone_args(entry, backbone: str, overrides: list[tuple[str, Any, str, bool]], method: str) -> dict[str, Any]:
     """The backbone's resolved hyper-parameters, less those the wrapping method sets itself: its
     slug's defaults, then the layered ``overrides`` the backbone accepts (a key neither accepts is
     an error where the layer names this method, and ignored where the layer is generic)."""
     from benchmark import registry
 
-    inner = registry.get(backbone)
-    controlled = set(getattr(entry.cls, "backbone_controlled", ()))
-    accepted = registry.accepted_hparams(inner.cls) - controlled
+    inner, accepted = _backbone_keys(entry, backbone)
     args = {k: v for k, v in inner.hyperparameters().items() if k in accepted}
     for key, value, where, generic in overrides:
         if key in accepted:
@@ -368,9 +375,7 @@ def _settable(entry) -> set[str]:
 
     keys = registry.accepted_hparams(entry.cls)
     if "backbone_args" in keys:
-        keys = keys - {"backbone_args"}
-        inner = registry.get(entry.hyperparameters()["backbone"])
-        keys |= registry.accepted_hparams(inner.cls) - set(getattr(entry.cls, "backbone_controlled", ()))
+        keys = (keys - {"backbone_args"}) | _backbone_keys(entry, entry.hyperparameters()["backbone"])[1]
     return keys
 
 

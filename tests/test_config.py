@@ -1,6 +1,7 @@
 """Layered data configuration and --set parsing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_a_wrapping_method_records_its_backbones_settings_so_they_are_in_its_has
     before = resolve_run_config("kuairand", "dnr-b")
     assert before.model["backbone_args"] == {"n_heads": 4, "ffn": 128, "causal": False, "user_layers": 1}
     entry = registry.get("prm")
-    monkeypatch.setitem(registry._REGISTRY, "prm", entry.__class__(**{**entry.__dict__, "defaults": {"n_heads": 8}}))
+    monkeypatch.setitem(registry._REGISTRY, "prm", dataclasses.replace(entry, defaults={"n_heads": 8}))
     after = resolve_run_config("kuairand", "dnr-b")
     assert after.model["backbone_args"]["n_heads"] == 8 and after.digest() != before.digest()
 
