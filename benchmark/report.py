@@ -35,7 +35,8 @@ import pandas as pd
 from benchmark import paper_tables, stats, tables
 from benchmark.errors import BenchmarkError, UserInputError
 from benchmark.paper import SUBSTITUTES
-from benchmark.summary import METRICS, first_epoch_runs, records_frame
+from benchmark.summary import (METRICS, MIN_PATIENCE_STEPS, first_epoch_runs, mixed_settings, records_frame,
+                               short_patience_runs)
 
 DATASET_ORDER = ("ml-1m", "kuairand", "amazon-books")
 TREATMENTS = ("dnr-b", "dnr-g")
@@ -47,6 +48,8 @@ class Report:
     skipped: dict[str, str]
     """Table or figure name -> why it was not written."""
     seconds: float
+    mixed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Datasets whose records were trained under different trainer settings (``summary.mixed_settings``)."""
 
 
 def default_datasets(frame: pd.DataFrame) -> list[str]:
@@ -117,15 +120,30 @@ def _csv(path: Path, frame: pd.DataFrame, files: list[Path]) -> None:
     _write(path, frame.to_csv(index=False, float_format="%.6g"), files)
 
 
+def _training_text(part: pd.DataFrame) -> str:
+    """The trained records' batch size and applied patience (epochs and optimiser steps), or "mixed"."""
+    trained = part[part["epochs"] > 0]
+    if trained.empty:
+        return "none trained"
+    if trained["train_settings"].nunique() > 1:
+        return "**mixed** (see below)"
+    batch = trained["train_settings"].iloc[0].split(", ")[0]
+    epochs, steps = trained["patience_epochs"].dropna(), trained["patience_steps"].dropna()
+    if epochs.empty or epochs.nunique() > 1:
+        return batch
+    return f"{batch}, patience {int(epochs.iloc[0])} epochs ({int(steps.iloc[0])} steps)"
+
+
 def _run_lines(frame: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
-    lines = ["| Dataset | Data | Methods | Seeds per method | Profile | Fill | Records |", "|---|---|---|---|---|---|---|"]
+    lines = ["| Dataset | Data | Methods | Seeds per method | Profile | Fill | Training | Records |",
+             "|---|---|---|---|---|---|---|---|"]
     for d in datasets:
         part = frame[frame["dataset"] == d]
         seeds = part.groupby("method")["seed"].nunique()
         span = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
         lines.append(f"| {tables.dataset_name(d)} | {SUBSTITUTES.get(d, 'not in the paper')} | {part['method'].nunique()} "
                      f"| {span} | {', '.join(sorted(set(part['profile'])))} | {', '.join(sorted(set(part['fill'])))} "
-                     f"| {len(part)} |")
+                     f"| {_training_text(part)} | {len(part)} |")
     return lines
 
 
@@ -181,6 +199,17 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
                           f"[{NOTES}]({NOTES}) (kept by hand)."]
     for d in datasets:
         out.append(f"- {tables.dataset_name(d)}: {', '.join(sorted(methods.get(d, [])))}")
+    mixed = mixed_settings(frame[frame["dataset"].isin(datasets)])
+    if mixed:
+        out += ["", "**Mixed protocols.** Records of one dataset were trained under different trainer settings; "
+                    "tables that set them side by side compare protocols as much as methods:", ""]
+        for d, lines in mixed.items():
+            out += [f"- {tables.dataset_name(d)}:", *[f"  - {line}" for line in lines]]
+    short = {d: short_patience_runs(frame[frame["dataset"] == d]) for d in datasets}
+    if any(short.values()):
+        out += ["", f"Runs that early stopping ended with a patience of fewer than {MIN_PATIENCE_STEPS} optimiser "
+                    "steps (train.patience × steps per epoch), so they may have stopped before they learned: "
+                + "; ".join(f"{tables.dataset_name(d)}: {', '.join(runs)}" for d, runs in short.items() if runs) + "."]
     stuck = {d: first_epoch_runs(frame[frame["dataset"] == d]) for d in datasets}
     if any(stuck.values()):
         out += ["", "Runs that kept their first epoch (validation never improved on it before early stopping, "
@@ -283,7 +312,7 @@ def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str
         files += figs.render_all(results_dir, fdir, datasets)
         skipped.update({f"figure {k}": v for k, v in figs.skipped(results_dir, datasets).items()})
     _write(out_dir / "README.md", index_text(frame, datasets, out_dir, files, skipped, argv), files)
-    return Report(files, skipped, time.perf_counter() - started)
+    return Report(files, skipped, time.perf_counter() - started, mixed_settings(frame[frame["dataset"].isin(datasets)]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out_dir or args.results_dir
     print(f"wrote {len(report.files)} files under {out} in {report.seconds:.1f}s"
           + "".join(f"\n  not written: {k}: {v}" for k, v in sorted(report.skipped.items())))
+    for dataset, lines in report.mixed.items():
+        print(f"warning: {dataset} records were trained under {len(lines)} different trainer settings; "
+              "its tables compare protocols as much as methods (README.md of the report lists them)", file=sys.stderr)
     return 0
 
 

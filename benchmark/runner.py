@@ -213,6 +213,7 @@ def run_one(spec: RunSpec, opts: RunOptions, device: str = "cpu") -> dict[str, A
             "metrics": {"val": result.val, "test": result.test},
             "headline": {m: result.test[m] for m in (f"H@{k}", f"N@{k}", f"M@{k}", f"F1@{k}", "AUC")},
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "patience_epochs": cfg.train.patience_epochs(len(train)) if model.trainable else None,
             "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
             "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
             "seconds_per_epoch": result.seconds_per_epoch, "peak_memory_mb": peak_memory_mb(dev),

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark import store
+from benchmark.config import TrainConfig
 from benchmark.paper import SUBSTITUTES, paper_value
 from benchmark.store import RunSpec
 
@@ -40,6 +41,31 @@ def first_validated_epoch(history: list[dict]) -> int:
     return next((h["epoch"] for h in history if h["stage"] == last_stage and "val" in h), 1)
 
 
+TRAIN_SETTINGS = ("batch_size", "lr", "weight_decay", "max_epochs", "patience", "min_patience_steps", "min_delta",
+                  "grad_clip", "max_train_requests")
+"""The trainer settings every method of a dataset shares under one protocol (``TrainConfig``);
+records of one dataset that differ in them were trained under different protocols."""
+
+
+def train_settings(config: dict) -> str:
+    """A record's ``TRAIN_SETTINGS`` as one comparable text, e.g. ``batch 256, patience 10, …``."""
+    train = config.get("train", {})
+    return ", ".join(f"{key.replace('_', ' ')} {train.get(key)}" for key in TRAIN_SETTINGS)
+
+
+def _patience(r: dict) -> tuple[int | None, int | None]:
+    """The patience a trained record's early stopping applied, in epochs and in optimiser steps
+    (None, None for untrained rows)."""
+    used = (r.get("data") or {}).get("train_requests_used")
+    train = r["config"].get("train") or {}
+    if not r.get("epochs_run") or not used or not train:
+        return None, None
+    # records made before train.min_patience_steps existed counted epochs only
+    cfg = TrainConfig(batch_size=train["batch_size"], patience=train["patience"],
+                      min_patience_steps=train.get("min_patience_steps", 0))
+    return cfg.patience_epochs(used), cfg.patience_steps(used)
+
+
 def records_frame(results_dir: Path) -> pd.DataFrame:
     rows = []
     for r in store.all_records(results_dir):
@@ -47,6 +73,9 @@ def records_frame(results_dir: Path) -> pd.DataFrame:
             continue
         rows.append({"dataset": r["dataset"], "method": r["method"], "seed": r["seed"],
                      "profile": r["config"]["profile"], "fill": r["config"]["data"]["fill"],
+                     "train_settings": train_settings(r["config"]),
+                     **dict(zip(("patience_epochs", "patience_steps"), _patience(r))),
+                     "max_epochs": (r["config"].get("train") or {}).get("max_epochs"),
                      "epochs": r["epochs_run"], "best_epoch": r["best_epoch"],
                      "first_validated": first_validated_epoch(r.get("history") or []),
                      "sec_per_epoch": r["seconds_per_epoch"], "rank_derived_auc": bool(r.get("rank_derived_auc")),
@@ -119,6 +148,34 @@ def first_epoch_runs(frame: pd.DataFrame) -> list[str]:
     return [f"{m} seed {s}" for m, s in sorted(zip(hits["method"], hits["seed"]))]
 
 
+MIN_PATIENCE_STEPS = TrainConfig().min_patience_steps
+
+
+def short_patience_runs(frame: pd.DataFrame) -> list[str]:
+    """Trained runs whose early stopping waited fewer optimiser steps for an improvement (applied
+    patience × steps per epoch) than the default ``train.min_patience_steps`` and did stop early:
+    they may have stopped before they learned."""
+    if "patience_steps" not in frame:
+        return []
+    steps = pd.to_numeric(frame["patience_steps"], errors="coerce")
+    capped = pd.to_numeric(frame["max_epochs"], errors="coerce")
+    hits = frame[(steps < MIN_PATIENCE_STEPS) & (frame["epochs"] < capped)]  # NaN compares False
+    return [f"{m} seed {s}" for m, s in sorted(zip(hits["method"], hits["seed"]))]
+
+
+def mixed_settings(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per dataset whose records were trained under more than one set of ``TRAIN_SETTINGS``:
+    one line per set, with the methods that used it. Tables that put such records side by side
+    compare protocols as much as methods."""
+    out = {}
+    for dataset, part in frame.groupby("dataset"):
+        trained = part[part["epochs"] > 0]
+        groups = trained.groupby("train_settings")["method"].unique()
+        if len(groups) > 1:
+            out[dataset] = [f"{settings}: {', '.join(sorted(methods))}" for settings, methods in groups.items()]
+    return out
+
+
 def render(results_dir: Path) -> str:
     frame = records_frame(results_dir)
     if frame.empty:
@@ -134,6 +191,14 @@ def render(results_dir: Path) -> str:
         table = table.round({"epochs": 1, "sec_per_epoch": 2})
         fills = ", ".join(sorted(set(part["fill"])))
         out += [f"## {dataset} (fill: {fills})", "", table.reset_index().to_markdown(index=False), ""]
+        mixed = mixed_settings(part).get(dataset)
+        if mixed:
+            out += ["**Mixed protocols**: these records were trained under different trainer settings, "
+                    "so their rows are not comparable:", "", *[f"- {line}" for line in mixed], ""]
+        short = short_patience_runs(part)
+        if short:
+            out += [f"Stopped early with a patience under {MIN_PATIENCE_STEPS} optimiser steps (may have stopped "
+                    f"before learning): {', '.join(short)}.", ""]
         stuck = first_epoch_runs(part)
         if stuck:
             out += [f"Kept their first epoch (validation never improved on it before early stopping; "

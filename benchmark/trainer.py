@@ -4,7 +4,8 @@ For each stage of ``model.stages()``: epochs of optimiser steps (one Adam per st
 step's parameters only), gradient clipping, a non-finite loss stops the run with an error;
 after every epoch (every ``eval_every`` epochs for a stage that asks, and at its last epoch) the
 validation split is scored and early stopping on validation N@k keeps the best state (never
-before the stage's ``min_epochs``; ``train.patience`` counts epochs); the best state is restored
+before the stage's ``min_epochs``; the patience counts epochs, ``train.patience`` raised to cover
+``train.min_patience_steps`` optimiser steps: ``TrainConfig.patience_epochs``); the best state is restored
 at the end of the stage. History entries of epochs that were not validated have no ``val``.
 The test split is evaluated once, after the last stage.
 
@@ -16,6 +17,7 @@ batches in an epoch is a pure function of (seed, stage, epoch), so it needs no s
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import resource
@@ -34,6 +36,8 @@ from benchmark.batches import SplitTensors
 from benchmark.config import TrainConfig
 from benchmark.errors import BenchmarkError
 
+
+log = logging.getLogger(__name__)
 
 class NonFiniteLoss(BenchmarkError):
     """A training loss became NaN or infinite."""
@@ -174,6 +178,11 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
         start_stage, start_epoch = saved["stage"], saved["epoch"] + 1
         epochs_run, resumed_from = saved["epochs_run"], saved["epochs_run"]
 
+    patience = cfg.patience_epochs(len(train))
+    if model.trainable and patience > cfg.patience:
+        log.info("early stopping waits %d epochs (train.min_patience_steps = %d at %d steps per epoch), "
+                 "not train.patience = %d", patience, cfg.min_patience_steps, cfg.steps_per_epoch(len(train)),
+                 cfg.patience)
     if model.trainable:
         stages: list[Stage] = model.stages()
         for s_index in range(start_stage, len(stages)):
@@ -197,7 +206,7 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
             bar = tqdm(range(first, max_epochs + 1), desc=f"{stage.name}", unit="epoch", disable=not progress,
                        leave=False, initial=first - 1, total=max_epochs)
             for epoch in bar:
-                if stale >= cfg.patience and epoch > stage.min_epochs:
+                if stale >= patience and epoch > stage.min_epochs:
                     break
                 tick = time.perf_counter()
                 model.train()

@@ -45,8 +45,11 @@ def write_records(root) -> None:
     for dataset, methods in LEVELS.items():
         for method, (_, seconds) in methods.items():
             vectors = _vectors(dataset, method, cache)
-            record = {"status": "ok", "config_hash": "h", "config": {"profile": "paper", "data": {"fill": "score_matched"}},
-                      "epochs_run": 3, "best_epoch": 2, "seconds_per_epoch": seconds, "rank_derived_auc": False,
+            record = {"status": "ok", "config_hash": "h",
+                      "config": {"profile": "paper", "data": {"fill": "score_matched"},
+                                 "train": {"batch_size": 256, "patience": 10, "min_patience_steps": 150,
+                                           "max_epochs": 200}},
+                      "data": {"train_requests_used": 4937}, "epochs_run": 3, "best_epoch": 2, "seconds_per_epoch": seconds, "rank_derived_auc": False,
                       "metrics": {"test": {m: float(np.mean(v)) for m, v in vectors.items()}}}
             store.write_record(root, RunSpec(dataset, method, 0), record,
                                {"request_id": np.arange(N), **vectors})
@@ -171,7 +174,8 @@ def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
     (tmp_path / "a" / "NOTES.md").write_text("how the runs were made")
     again = report.build(results, tmp_path / "a", figures=False)
     assert "[NOTES.md](NOTES.md)" in (tmp_path / "a" / "README.md").read_text() and again.skipped == first.skipped
-    assert "| ML-1M | same data (MovieLens-1M, 20-core) | 9 | 1 | paper | score_matched | 9 |" in index
+    assert ("| ML-1M | same data (MovieLens-1M, 20-core) | 9 | 1 | paper | score_matched "
+            "| batch size 256, patience 10 epochs (200 steps) | 9 |") in index
     family = pd.read_csv(tmp_path / "a" / "tables" / "table1_all_baselines.csv")
     # DNR-B against Table 1's baselines (PRM and PIER on ML-1M, PRM on KuaiRand; score variants are not
     # Table 1 rows), on 5 metrics: one Holm family of 15
@@ -215,3 +219,17 @@ def test_rank_agreement_with_the_paper():
     assert "ML-1M τ = +1.00" in text and "KuaiRand τ = -1.00" in text and "3 methods" in text
     assert paper_tables.rank_agreement_text(rows[-2:]) == ""
     assert tables._escape(text).isascii() and "$\\tau$" in tables._escape(text)  # τ has a LaTeX spelling
+
+
+def test_index_flags_mixed_protocols_and_short_patience(results, tmp_path):
+    frame = records_frame(results)
+    assert report.index_text(frame, DATASETS, tmp_path, [], {}, []).count("Mixed protocols") == 0
+    kuai = frame["dataset"] == "kuairand"
+    frame.loc[kuai, "train_settings"] = "batch size 2048, patience 10"
+    frame.loc[kuai & (frame["method"] == "prm"), "train_settings"] = "batch size 256, patience 10"
+    frame.loc[kuai, "patience_steps"] = 30
+    frame.loc[kuai, "max_epochs"] = 200
+    index = report.index_text(frame, DATASETS, tmp_path, [], {}, [])
+    assert "**Mixed protocols.**" in index and "  - batch size 256, patience 10: prm" in index
+    assert "| **mixed** (see below) |" in index
+    assert "fewer than 150 optimiser steps" in index and "KuaiRand: dnr-b seed 0, prm seed 0" in index

@@ -29,3 +29,35 @@ def test_first_validated_epoch_is_the_one_compared():
     frame = pd.DataFrame({"method": ["diffurec", "diffurec", "prm"], "seed": [0, 1, 0], "best_epoch": [5, 10, 1],
                           "epochs": [15, 20, 11], "first_validated": [5, 5, 1]})
     assert first_epoch_runs(frame) == ["diffurec seed 0", "prm seed 0"]
+
+
+def _frame(**columns):
+    base = {"method": ["prm", "gru4rec", "retriever"], "seed": [0, 0, 0], "dataset": ["kuairand"] * 3,
+            "epochs": [88, 11, 0], "max_epochs": [200, 200, 200], "best_epoch": [78, 1, 0],
+            "patience_steps": [30.0, 30.0, None],
+            "train_settings": ["batch size 2048, patience 10"] * 2 + ["batch size 256, patience 10"]}
+    base.update(columns)
+    return pd.DataFrame(base)
+
+
+def test_runs_stopped_with_a_patience_of_few_steps_are_flagged():
+    from benchmark.config import TrainConfig
+    from benchmark.summary import MIN_PATIENCE_STEPS, short_patience_runs
+
+    # KuaiRand at the paper's batch: 4,937 requests are 3 steps of 2,048, so patience 10 counted in
+    # epochs only (records made before train.min_patience_steps) was 30 steps
+    assert TrainConfig(batch_size=2048, patience=10, min_patience_steps=0).patience_steps(4937) == 30 < MIN_PATIENCE_STEPS
+    assert TrainConfig(batch_size=2048, patience=10).patience_steps(4937) == 150 == MIN_PATIENCE_STEPS
+    assert short_patience_runs(_frame()) == ["gru4rec seed 0", "prm seed 0"]
+    # a run that reached max_epochs was not stopped early, and a patient run is not flagged
+    assert short_patience_runs(_frame(epochs=[200, 11, 0])) == ["gru4rec seed 0"]
+    assert short_patience_runs(_frame(patience_steps=[150.0, 150.0, None])) == []
+
+
+def test_datasets_trained_under_two_protocols_are_named():
+    from benchmark.summary import mixed_settings
+
+    # the untrained retriever row does not count: its train settings never applied
+    assert mixed_settings(_frame()) == {}
+    mixed = mixed_settings(_frame(epochs=[88, 11, 5], method=["prm", "gru4rec", "caser"]))
+    assert mixed == {"kuairand": ["batch size 2048, patience 10: gru4rec, prm", "batch size 256, patience 10: caser"]}

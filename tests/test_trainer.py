@@ -44,7 +44,7 @@ def splits(tiny_lists):
     return {s: SplitTensors.of(tiny_lists, s) for s in ("train", "val", "test")}
 
 
-CFG = TrainConfig(batch_size=256, max_epochs=6, patience=2, lr=0.05)
+CFG = TrainConfig(batch_size=256, max_epochs=6, patience=2, min_patience_steps=0, lr=0.05)  # patience in epochs
 
 
 def run(tiny_spec, splits, seed=0, cfg=CFG, model_kw=None, **kw):
@@ -223,3 +223,22 @@ def test_eval_every_resumes_to_identical_result(tiny_spec, splits, tmp_path):
                   checkpoint_tag="x")
     assert model.epochs_seen == [5, 6, 7] and resumed.test == straight.test
     assert resumed.history == [dict(h, seconds=r["seconds"]) for h, r in zip(straight.history, resumed.history)]
+
+
+
+def test_patience_covers_at_least_min_patience_steps(tiny_spec, splits):
+    n = len(splits["train"])
+    # KuaiRand at Table 7's batch: 4,937 requests are 3 steps of 2,048; 150 steps need 50 epochs
+    kuairand = TrainConfig(batch_size=2048, patience=10, min_patience_steps=150)
+    assert (kuairand.steps_per_epoch(4937), kuairand.patience_epochs(4937), kuairand.patience_steps(4937)) == (3, 50, 150)
+    assert kuairand.patience_epochs(151304) == 10  # ML-1M: 74 steps per epoch, the floor does not bind
+    assert dataclasses.replace(kuairand, min_patience_steps=0).patience_epochs(4937) == 10
+    with pytest.raises(Exception, match="min_patience_steps"):
+        dataclasses.replace(kuairand, min_patience_steps=-1).validate()
+    # a model that cannot improve (lr ~ 0) stops after the applied patience: one step per epoch,
+    # patience 2 epochs, floor 5 steps -> 5 stale epochs after the first
+    flat = TrainConfig(batch_size=n, max_epochs=50, patience=2, min_patience_steps=5, lr=1e-12)
+    _, result = run(tiny_spec, splits, cfg=flat)
+    assert result.best_epoch == 1 and result.epochs_run == 6
+    _, result = run(tiny_spec, splits, cfg=dataclasses.replace(flat, min_patience_steps=0))
+    assert result.epochs_run == 3
