@@ -220,7 +220,13 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields; ``min_patience_steps`` = 0 (epochs only, the trainer before it existed) is left
+        out, so ``--set train.min_patience_steps=0`` resolves to the config hash of a record made
+        before it, and such a record counts as finished."""
+        out = dataclasses.asdict(self)
+        if out["min_patience_steps"] == 0:
+            del out["min_patience_steps"]
+        return out
 
     def steps_per_epoch(self, n_train: int) -> int:
         return -(-n_train // self.batch_size)

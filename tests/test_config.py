@@ -44,19 +44,27 @@ def test_digest_changes_with_any_field():
     assert DataConfig().digest() == DataConfig().digest()
 
 
-def test_committed_records_are_still_finished_under_the_current_configuration():
+@pytest.mark.parametrize("where, train", [
+    ("results", {}),
+    # made before train.min_patience_steps: `--set train.min_patience_steps=0` finds them finished
+    ("results/archive/epoch-patience", {"min_patience_steps": 0}),
+])
+def test_committed_records_are_still_finished_under_the_current_configuration(where, train):
     """Every committed record's config hash is the one this code resolves for its run (paper profile,
     the ``--set`` values it ran with): a new setting or a changed default must not silently turn the
     committed results into runs to redo (DataConfig.OMIT_AT_DEFAULT keeps later fields out of it)."""
-    records = sorted((ROOT / "results" / "runs").glob("*/*/seed*.json"))
+    records = sorted((ROOT / where / "runs").glob("*/*/seed*.json"))
     assert records, "no committed records"
     for path in records:
         record = json.loads(path.read_text())
         cfg = record["config"]
         default = resolve_run_config(cfg["dataset"], cfg["method"], "paper", {})
-        settings = {"data": {k: v for k, v in cfg["data"].items() if default.data.to_dict().get(k) != v}}
+        settings = {"data": {k: v for k, v in cfg["data"].items() if default.data.to_dict().get(k) != v},
+                    "train": train}
         resolved = resolve_run_config(cfg["dataset"], cfg["method"], cfg["profile"], settings)
         assert resolved.to_dict()["model"] == cfg["model"] and resolved.digest() == record["config_hash"], path
+        if train:
+            assert default.digest() != record["config_hash"], path  # outdated under the current default
 
 
 def test_sample_users_is_taken_after_the_k_core_and_left_out_of_the_hash_when_unset(tmp_path):
