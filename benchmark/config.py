@@ -394,14 +394,21 @@ def resolve_run_config(dataset: str, method: str, profile: str = "paper",
     return RunConfig(dataset=dataset, method=method, profile=profile, data=data, train=train, model=model)
 
 
-def _settable(entry) -> set[str]:
+def _settable(entry, settings: dict[str, dict[str, Any]] | None = None) -> set[str]:
     """Model keys a ``--set model.KEY`` may name for this method: its own, and for a method that
-    wraps a backbone, the backbone's that it does not set itself."""
+    wraps a backbone, the backbone's that it does not set itself (the backbone ``settings`` choose
+    with ``<method>.backbone`` or ``model.backbone``, else the method's default)."""
     from benchmark import registry
 
     keys = registry.accepted_hparams(entry.cls)
     if "backbone_args" in keys:
-        keys = (keys - {"backbone_args"}) | _backbone_keys(entry, entry.hyperparameters()["backbone"])[1]
+        settings = settings or {}
+        backbone = settings.get(entry.slug, {}).get("backbone", settings.get("model", {}).get(
+            "backbone", entry.hyperparameters()["backbone"]))
+        if backbone in registry.available():
+            keys = (keys - {"backbone_args"}) | _backbone_keys(entry, backbone)[1]
+        else:
+            keys = keys - {"backbone_args"}  # an unknown backbone is reported when the config resolves
     return keys
 
 
@@ -413,7 +420,7 @@ def check_settings(settings: dict[str, dict[str, Any]], methods: list[str]) -> N
         if section in ("data", "train"):
             continue
         if section == "model":
-            accepted = set().union(*(_settable(registry.get(m)) for m in methods))
+            accepted = set().union(*(_settable(registry.get(m), settings) for m in methods))
             for key in values:
                 if key not in accepted:
                     raise ConfigError(f"--set model.{key}: none of the selected methods has this hyper-parameter")

@@ -97,6 +97,14 @@ def test_backbone_keys_are_set_like_any_other_key():
     from benchmark.config import check_settings
 
     check_settings({"model": {"n_heads": 8}}, ["dnr-b"])  # a key only the backbone has
+    # the pre-check reads the backbone the same settings choose: PIER's `keep` is settable for a
+    # dnr-b moved onto PIER, and not for the PRM default
+    check_settings({"dnr-b": {"backbone": "pier"}, "model": {"keep": 4}}, ["dnr-b"])
+    check_settings({"model": {"backbone": "pier", "keep": 4}}, ["dnr-b"])
+    moved = resolve_run_config("kuairand", "dnr-b", settings={"dnr-b": {"backbone": "pier"}, "model": {"keep": 4}})
+    assert moved.model["backbone"] == "pier" and moved.model["backbone_args"]["keep"] == 4
+    with pytest.raises(ConfigError, match="model.keep"):
+        check_settings({"model": {"keep": 4}}, ["dnr-b"])
     both = parse_set_options(["model.n_heads=8"])
     assert resolve_run_config("kuairand", "prm", settings=both).model["n_heads"] == 8
     assert resolve_run_config("kuairand", "dnr-b", settings=both).model["backbone_args"]["n_heads"] == 8
