@@ -25,6 +25,7 @@ class PRM(Reranker):
     """PRM: personalised candidate vectors + initial-position embeddings, transformer over the list, BCE."""
 
     family = "list-refinement"
+    micro_batchable = True  # per-candidate BCE, no statistic across requests
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, ffn: int = 128,
                  dropout: float = 0.1, causal: bool = False, user_layers: int = 1, score_input: str = "none",

@@ -74,6 +74,10 @@ class Batch:
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Requests ``start:stop`` of this batch (views, no copy)."""
+        return Batch(**{f.name: getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)})
+
 
 @dataclasses.dataclass
 class Step:
@@ -145,6 +149,11 @@ class Reranker(torch.nn.Module):
     """True for methods that read ``batch.scores`` (score variants, DNR, the retriever row)."""
     rank_derived_auc: ClassVar[bool] = False
     """True when ``score`` is derived from an emitted order (methods.md §1.3)."""
+    micro_batchable: bool = False
+    """True when every training loss is a mean over the batch's requests and nothing in training
+    couples requests (no BatchNorm, no statistics or negatives across the batch), so a batch's
+    gradient is the request-weighted sum of its slices' gradients and ``--micro-batch`` may
+    split it. Only then does the trainer slice the batch; other methods step on whole batches."""
 
     def __init__(self, spec: DataSpec):
         super().__init__()

@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="cache folder for raw downloads and built lists")
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--threads", type=int, help="torch threads per lane")
+    p.add_argument("--micro-batch", type=int, metavar="N",
+                   help="back-propagate each training batch in slices of N requests (same update; methods whose "
+                        "losses allow it): default 256 on CPU, whole batches (0) on GPUs; not part of the config")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -196,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse_set_options([item for group in args.settings for item in group])
         check_settings(settings, methods)
         devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        if args.micro_batch is not None and args.micro_batch < 0:
+            raise UserInputError(f"--micro-batch must be >= 0 (0 = whole batches), not {args.micro_batch}")
         opts = RunOptions(results_dir=args.results_dir, profile=args.profile, settings=settings,
                           data_dir=args.data_dir, cache_dir=args.cache_dir, download=not args.no_download,
-                          force=args.force, progress=not args.quiet and sys.stderr.isatty(), threads=args.threads)
+                          force=args.force, progress=not args.quiet and sys.stderr.isatty(), threads=args.threads,
+                          micro_batch=args.micro_batch)
         if args.sweep and len(args.sweep) > 1:
             raise UserInputError("one --sweep per call (each sweep is a 1-D curve); run the other keys in their "
                                  "own calls")

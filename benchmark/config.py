@@ -224,7 +224,7 @@ class TrainConfig:
         out, so ``--set train.min_patience_steps=0`` resolves to the config hash of a record made
         before it, and such a record counts as finished."""
         out = dataclasses.asdict(self)
-        if out["min_patience_steps"] == 0:
+        if out["min_patience_steps"] == 0:  # added after records were made; 0 = as before
             del out["min_patience_steps"]
         return out
 

@@ -429,7 +429,8 @@ def _inference_seconds(model, test, batch_size: int, device: "torch.device") -> 
 
 
 def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str | None, settings: list[str],
-                   threads: int = 1, seed: int = 0, inference_requests: int = 2048) -> dict[str, Any]:
+                   threads: int = 1, seed: int = 0, inference_requests: int = 2048,
+                   micro_batch: int = 0) -> dict[str, Any]:
     """Training seconds per epoch of each method relative to PRM, stepped in turn on every batch,
     and inference milliseconds per request.
 
@@ -463,7 +464,8 @@ def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str 
             for i in range(len(names)):
                 u = units[names[(i + epoch) % len(names)]]
                 tick = time.perf_counter()
-                train_steps(u["model"], u["steps"], u["optims"], batch, epoch + u["offset"], train_cfg.grad_clip)
+                train_steps(u["model"], u["steps"], u["optims"], batch, epoch + u["offset"], train_cfg.grad_clip,
+                            micro_batch=micro_batch)
                 spent[names[(i + epoch) % len(names)]] += time.perf_counter() - tick
         print(f"epochs: epoch {epoch} " + ", ".join(f"{u} {v:.1f}s" for u, v in spent.items()),
               file=sys.stderr, flush=True)
@@ -477,7 +479,8 @@ def measure_epochs(dataset: str, methods: list[str], epochs: int, data_dir: str 
     prm = sum(seconds["prm"]) / len(seconds["prm"])
     return {
         "dataset": dataset, "train_requests": len(train), "batch_size": train_cfg.batch_size,
-        "timed_epochs": epochs, "torch_threads": torch.get_num_threads(), "settings": settings,
+        "micro_batch": micro_batch, "timed_epochs": epochs, "torch_threads": torch.get_num_threads(),
+        "settings": settings,
         "inference_requests": len(test), "eval_batch_size": train_cfg.eval_batch_size,
         "load_average_1_5_15_after": os.getloadavg(),
         "methods": {u: {"seconds_per_epoch": sum(v) / len(v), "ratio_to_prm": sum(v) / len(v) / prm,
@@ -530,7 +533,7 @@ def device_name(device: "torch.device") -> str:
 
 
 def _train_throughput(unit: dict[str, Any], train, train_cfg, seed: int, device: "torch.device", epochs: int,
-                      batches: int | None, warmup_epochs: int) -> tuple[int, int, float]:
+                      batches: int | None, warmup_epochs: int, micro_batch: int = 0) -> tuple[int, int, float]:
     """Train one phase unit as the trainer does (batches in the trainer's epoch order moved to
     ``device``, every active step through :func:`~benchmark.trainer.train_steps`), first
     ``warmup_epochs`` untimed epochs, then ``epochs`` timed epochs, or exactly ``batches`` timed
@@ -545,7 +548,8 @@ def _train_throughput(unit: dict[str, Any], train, train_cfg, seed: int, device:
         requests = count = 0
         order = epoch_order(len(train), seed, unit["stage"], epoch)
         for batch in train.batches(train_cfg.batch_size, order, device):
-            train_steps(model, unit["steps"], unit["optims"], batch, epoch + offset, train_cfg.grad_clip)
+            train_steps(model, unit["steps"], unit["optims"], batch, epoch + offset, train_cfg.grad_clip,
+                        micro_batch=micro_batch)
             requests, count = requests + batch.user.shape[0], count + 1
             if limit is not None and count >= limit:
                 break  # before the next batch is cut and moved to the device
@@ -567,7 +571,7 @@ def _train_throughput(unit: dict[str, Any], train, train_cfg, seed: int, device:
 def measure_throughput(dataset: str, methods: list[str], devices: list[str], epochs: int = 2,
                        data_dir: str | None = None, settings: list[str] = (), threads: int = 1, seed: int = 0,
                        batches: int | None = None, warmup_epochs: int = 1,
-                       inference_requests: int | None = None) -> dict[str, dict[str, Any]]:
+                       inference_requests: int | None = None, micro_batch: int = 0) -> dict[str, dict[str, Any]]:
     """Training and inference throughput (requests per second) of ``methods`` on each device.
 
     Per device and method, every training phase (:func:`_phases`: DNR before and after its switch
@@ -599,7 +603,7 @@ def measure_throughput(dataset: str, methods: list[str], devices: list[str], epo
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 requests, n_batches, seconds = _train_throughput(unit, train, train_cfg, seed, dev, epochs, batches,
-                                                                 warmup_epochs)
+                                                                 warmup_epochs, micro_batch)
                 results[u] = {"train_requests_per_second": requests / seconds, "train_requests_timed": requests,
                               "train_batches_timed": n_batches, "train_seconds": seconds,
                               "params": sum(p.numel() for p in unit["model"].parameters())}
@@ -616,7 +620,7 @@ def measure_throughput(dataset: str, methods: list[str], devices: list[str], epo
         out[name] = {
             "device": name, "device_name": device_name(dev), "torch_threads": torch.get_num_threads(),
             "dataset": dataset, "settings": list(settings), "train_requests": len(train),
-            "batch_size": train_cfg.batch_size, "warmup_epochs": warmup_epochs,
+            "batch_size": train_cfg.batch_size, "micro_batch": micro_batch, "warmup_epochs": warmup_epochs,
             "timed_epochs": None if batches is not None else epochs, "timed_batches": batches,
             "inference_requests": len(test), "eval_batch_size": train_cfg.eval_batch_size,
             "deterministic": train_cfg.deterministic, "torch": torch.__version__,
@@ -742,6 +746,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="epochs, throughput: torch threads (1, as in each loky lane; more threads than free "
                         "cores makes PyTorch's thread pool stall)")
+    p.add_argument("--micro-batch", type=int, default=0, metavar="N",
+                   help="epochs, throughput: back-propagate each batch in slices of N requests, as "
+                        "`python -m benchmark --micro-batch N` (methods marked micro_batchable; default 0: whole "
+                        "batches, the trainer's behaviour before slicing existed)")
     p.add_argument("--epochs", type=int, default=None,
                    help="recbole: training epochs on each side (default 1); epochs: timed epochs after one warm-up "
                         "(default 1); throughput: timed epochs (default 2)")
@@ -783,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
             timing = report.setdefault(key, {})
             for ds in args.datasets or ALL_DATASETS:
                 r = timing[ds] = measure_epochs(ds, methods.split(","), epochs, args.data_dir, args.settings,
-                                               args.threads)
+                                               args.threads, micro_batch=args.micro_batch)
                 for m, v in r["methods"].items():
                     ms = f", {v['inference_ms_per_request']:.2f} ms/request" if "inference_ms_per_request" in v else ""
                     print(f"  {ds} {m}: {v['seconds_per_epoch']:.1f} s/epoch, {v['ratio_to_prm']:.2f}x PRM{ms}",
@@ -797,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             for ds in args.datasets or default:
                 r = measure_throughput(ds, methods.split(","), args.devices.split(","), epochs, args.data_dir,
                                        args.settings, args.threads, batches=args.batches,
-                                       warmup_epochs=args.warmup_epochs)
+                                       warmup_epochs=args.warmup_epochs, micro_batch=args.micro_batch)
                 timing.setdefault(ds, {}).update(r)  # one entry per device: CPU and GPU runs merge
                 for dev, v in r.items():
                     for u, t in v["methods"].items():

@@ -137,31 +137,53 @@ def _loss_parts(value: "torch.Tensor | dict[str, torch.Tensor]") -> tuple[torch.
     return value, {"loss": value}
 
 
+def slices(model: Reranker, batch, micro_batch: int) -> list[tuple[Any, float]]:
+    """``batch`` as (slice, share of its requests) pairs: slices of at most ``micro_batch``
+    requests for a ``micro_batchable`` model, else the whole batch with share 1."""
+    n = len(batch)
+    if micro_batch <= 0 or n <= micro_batch or not getattr(model, "micro_batchable", False):
+        return [(batch, 1.0)]
+    return [(batch.rows(a, min(a + micro_batch, n)), (min(a + micro_batch, n) - a) / n) for a in range(0, n, micro_batch)]
+
+
 def train_steps(model: Reranker, steps: list, optims: list, batch, epoch: int, grad_clip: float,
-                stage_name: str = "") -> dict[str, dict[str, torch.Tensor]]:
+                stage_name: str = "", micro_batch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """One batch of a stage: each active step's loss, backward, clipping and optimiser step (in
-    order). Returns each step's loss parts. A non-finite loss raises :class:`NonFiniteLoss`."""
+    order). Returns each step's loss parts. A non-finite loss raises :class:`NonFiniteLoss`.
+
+    With ``micro_batch`` (``--micro-batch``) a ``micro_batchable`` model's batch is cut into
+    slices whose losses, weighted by their share of the requests, are back-propagated one after
+    the other before the step: the same mean loss and gradient as the whole batch (up to float
+    rounding and the order random draws are taken in), with activations of a slice's size. Every
+    step sees the same slice objects, so a later step can find what an earlier one left for a slice."""
+    parts_of = slices(model, batch, micro_batch)
     out = {}
     for step, opt in zip(steps, optims):
         if not step.active(epoch):
             continue
         model.zero_grad(set_to_none=True)
-        total, parts = _loss_parts(step.loss(batch))
-        if not torch.isfinite(total):
-            raise NonFiniteLoss(f"non-finite loss in step {step.name!r} at epoch {epoch} "
-                                f"(stage {stage_name!r}): {float(total.detach())}")
-        total.backward()
+        summed: dict[str, torch.Tensor] = {}
+        for part, share in parts_of:
+            total, parts = _loss_parts(step.loss(part))
+            if not torch.isfinite(total):
+                raise NonFiniteLoss(f"non-finite loss in step {step.name!r} at epoch {epoch} "
+                                    f"(stage {stage_name!r}): {float(total.detach())}")
+            (total if share == 1.0 else total * share).backward()
+            for name, value in parts.items():
+                value = value if share == 1.0 else value.detach() * share
+                summed[name] = value if name not in summed else summed[name] + value
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(list(step.parameters()), grad_clip)
         opt.step()
-        out[step.name] = parts
+        out[step.name] = summed
     return out
 
 
 def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTensors, cfg: TrainConfig, *,
         seed: int, k: int, device: torch.device | str = "cpu", checkpoint: Path | None = None,
-        checkpoint_tag: str = "", progress: bool = False) -> FitResult:
-    """Train ``model`` (already seeded and on ``device``), select on validation, test once."""
+        checkpoint_tag: str = "", progress: bool = False, micro_batch: int = 0) -> FitResult:
+    """Train ``model`` (already seeded and on ``device``), select on validation, test once.
+    ``micro_batch``: see :func:`train_steps` (an execution setting, like the device or threads)."""
     device = torch.device(device)
     history: list[dict[str, Any]] = []
     train_seconds = eval_seconds = 0.0
@@ -216,7 +238,7 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
                 for batch in train.batches(cfg.batch_size, epoch_order(len(train), seed, s_index, epoch), device):
                     n_batches += 1
                     for step_name, parts in train_steps(model, stage.steps, optims, batch, epoch, cfg.grad_clip,
-                                                        stage.name).items():
+                                                        stage.name, micro_batch).items():
                         acc = sums.setdefault(step_name, {})
                         for name, value in parts.items():
                             acc[name] = acc.get(name, 0.0) + float(value.detach())

@@ -86,7 +86,9 @@ class DNR(Reranker):
         self.gen_encoding, self.gen_input = gen_encoding, gen_input
         self.monitor = NoiseMonitor()
         self._epoch = 0
-        self._shared: tuple | None = None  # (batch, encoder output, x'(φ)) of the last reranker step
+        # per batch (or micro-batch slice) of this update: (batch, encoder output, x'(φ)) of the reranker step
+        self._shared: dict[int, tuple] = {}
+        self.micro_batchable = self.backbone.micro_batchable  # DNR's own losses are request means
 
     # ----------------------------------------------------------------------------- schedule
     def learned(self, epoch: int) -> bool:
@@ -95,7 +97,7 @@ class DNR(Reranker):
 
     def epoch_begin(self, epoch: int) -> None:
         self._epoch = epoch
-        self._shared = None
+        self._shared = {}
         self.monitor.reset()
 
     def stages(self) -> list[Stage]:
@@ -179,7 +181,7 @@ class DNR(Reranker):
         extra = self.backbone.aux_loss(batch, h_real, logits_real, x_late)
         augmented = bce_loss(self._logits(batch, x_syn.detach(), encoded), z, mask)
         if share:
-            self._shared = (batch, None if encoded is None else encoded.detach(), x_syn)
+            self._shared[id(batch)] = (batch, None if encoded is None else encoded.detach(), x_syn)
         self._record(batch, eps.detach(), x_syn.detach(), direct=direct, augmented=augmented)
         return {"direct": direct, "augmented": self.lam * augmented, **extra}
 
@@ -189,7 +191,7 @@ class DNR(Reranker):
         reranker step of this batch trained on, on that step's encoder output; with ``"fresh"`` it
         re-encodes with the updated θ and draws x'(φ) anew."""
         z, mask = batch.labels, batch.mask
-        shared, self._shared = self._shared, None
+        shared = self._shared.pop(id(batch), None)
         if shared is not None and shared[0] is batch:
             _, encoded, x_syn = shared
         else:

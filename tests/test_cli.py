@@ -41,11 +41,17 @@ def test_end_to_end_skip_force_and_retry(run_cli, tmp_path):
     assert prm["epochs_run"] >= 1 and prm["history"] and prm["n_params"] > 0 and prm["seconds_per_epoch"] > 0
     retriever = read_record(tmp_path / "results", RunSpec("ml-100k", "retriever", 0))
     assert retriever["epochs_run"] == 0 and retriever["uses_retriever_score"]
+    # smoke batches (256) are not sliced by the CPU default of 256; the applied patience is recorded
+    assert prm["micro_batch"] == 0 == retriever["micro_batch"] and prm["patience_epochs"] >= 1
 
     code, out, _ = run_cli(*args)
     assert code == 0 and "3 already finished, 0 to run" in out
     code, out, _ = run_cli(*args, "--force", "--methods", "random")  # last --methods wins
     assert code == 0 and "0 already finished, 1 to run" in out
+    # slicing is an execution setting: same config hash, recorded in the record
+    code, out, _ = run_cli(*args, "--force", "--methods", "prm", "--micro-batch", "100")
+    sliced = read_record(tmp_path / "results", RunSpec("ml-100k", "prm", 0))
+    assert code == 0 and sliced["micro_batch"] == 100 and sliced["config_hash"] == prm["config_hash"]
     # a setting change makes the record stale: the run is redone
     code, out, _ = run_cli(*args, "--set", "prm.dropout=0.2")
     assert code == 0 and "2 already finished, 1 to run" in out
@@ -68,6 +74,7 @@ def test_end_to_end_skip_force_and_retry(run_cli, tmp_path):
     (("--methods", "prm", "--dataset", "ml-100k", "--set", "trian.lr=1"), "trian"),
     (("--methods", "prm", "--dataset", "ml-100k", "--set", "prm.dropout=high"), "dropout"),
     (("--methods", "prm",), "required"),
+    (("--methods", "prm", "--dataset", "ml-100k", "--micro-batch", "-1"), "--micro-batch must be >= 0"),
 ])
 def test_bad_input_exit_2(run_cli, args, needle):
     code, out, err = run_cli(*args)

@@ -242,3 +242,74 @@ def test_patience_covers_at_least_min_patience_steps(tiny_spec, splits):
     assert result.best_epoch == 1 and result.epochs_run == 6
     _, result = run(tiny_spec, splits, cfg=dataclasses.replace(flat, min_patience_steps=0))
     assert result.epochs_run == 3
+
+
+def _one_step(model, batch, micro_batch):
+    from benchmark.trainer import train_steps
+
+    stage = model.stages()[0]
+    optims = [torch.optim.Adam(list(step.parameters()), lr=1e-2) for step in stage.steps]
+    model.train()
+    return train_steps(model, stage.steps, optims, batch, 1, 5.0, "main", micro_batch)
+
+
+def test_micro_batches_give_the_whole_batch_update(tiny_spec, tiny_batch):
+    """Slices weighted by their share of the requests: the same loss and the same (clipped) gradient
+    as the whole batch (PRM without dropout, so no random draw depends on the slicing), 64 = 25 +
+    25 + 14. Gradients are compared, not the Adam step, which turns rounding-level differences of
+    near-zero gradients into full-size steps."""
+    from benchmark import registry
+
+    models = []
+    for micro in (0, 25):
+        torch.manual_seed(0)
+        model = registry.build("prm-c-score", tiny_spec, dropout=0.0)
+        parts = _one_step(model, tiny_batch, micro)
+        models.append((model, float(parts["model"]["loss"].detach())))
+    (whole, loss_whole), (sliced, loss_sliced) = models
+    assert loss_sliced == pytest.approx(loss_whole, rel=1e-6)
+    for (name, a), (_, b) in zip(whole.named_parameters(), sliced.named_parameters()):
+        assert a.grad is not None and torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_only_micro_batchable_methods_are_sliced(tiny_spec, tiny_batch):
+    from benchmark import registry
+    from benchmark.trainer import slices
+
+    prm, midnn, pier = (registry.build(m, tiny_spec) for m in ("prm", "midnn", "pier"))
+    assert [len(b) for b, _ in slices(prm, tiny_batch, 25)] == [25, 25, 14]
+    assert sum(share for _, share in slices(prm, tiny_batch, 25)) == pytest.approx(1.0)
+    for whole in (slices(midnn, tiny_batch, 25), slices(pier, tiny_batch, 25), slices(prm, tiny_batch, 0),
+                  slices(prm, tiny_batch, 64)):
+        assert len(whole) == 1 and whole[0][0] is tiny_batch  # BatchNorm / unaudited losses / off / fits
+    assert registry.build("dnr-b", tiny_spec).micro_batchable
+    assert not registry.build("dnr-pier", tiny_spec).micro_batchable  # follows its backbone
+
+
+def test_dnr_generator_step_attacks_each_slices_own_noise(tiny_spec, tiny_batch, monkeypatch):
+    """After T the generator step finds, for every slice, the x'(φ) the reranker step drew for it
+    (gen_encoding=cached): no fresh draw, and nothing left behind."""
+    from benchmark import registry
+
+    torch.manual_seed(0)
+    model = registry.build("dnr-b", tiny_spec, switch_epoch=0)
+    model.epoch_begin(1)
+    calls = []
+    original = model.synthesise
+    monkeypatch.setattr(model, "synthesise", lambda *a, **k: calls.append(1) or original(*a, **k))
+    parts = _one_step(model, tiny_batch, 25)
+    assert len(calls) == 3 and model._shared == {}  # three reranker-step draws, none in the generator step
+    assert set(parts) == {"reranker", "generator"} and torch.isfinite(parts["generator"]["adversarial"])
+
+
+def test_micro_batched_fit_is_deterministic(tiny_spec, splits):
+    from benchmark import registry
+
+    def prm_run():
+        seed_everything(0)
+        model = registry.build("prm", tiny_spec, hidden=16)
+        cfg = TrainConfig(batch_size=128, max_epochs=2, patience=2, min_patience_steps=0)
+        return fit(model, splits["train"], splits["val"], splits["test"], cfg, seed=0, k=6, micro_batch=48)
+
+    first, second = prm_run(), prm_run()
+    assert first.test == second.test and np.isfinite(first.history[-1]["train_loss"]["model"]["loss"])
