@@ -70,6 +70,7 @@ class MIR(Reranker):
     """MIR: intra-set attention, Bi-LSTM history, set-to-list co-attention with personalised time decay, BCE."""
 
     family = "list-refinement"
+    micro_batchable = True  # per-candidate BCE, nothing across requests
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, lstm_hidden: int = 64, n_heads: int = 1,
                  decay_hidden: int = 32, layers: str = "500-200-80", dropout: float = 0.1):

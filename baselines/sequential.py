@@ -63,6 +63,7 @@ class RecBoleSequential(Reranker):
     """
 
     family = "sequential"
+    micro_batchable = True  # per-candidate BCE (Caser's weight norm is per call, so shares sum to it)
     recbole_name: ClassVar[str] = ""
     window: int
     """Sequence length given to RecBole (``MAX_ITEM_LIST_LENGTH``)."""

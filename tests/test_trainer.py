@@ -253,23 +253,43 @@ def _one_step(model, batch, micro_batch):
     return train_steps(model, stage.steps, optims, batch, 1, 5.0, "main", micro_batch)
 
 
-def test_micro_batches_give_the_whole_batch_update(tiny_spec, tiny_batch):
-    """Slices weighted by their share of the requests: the same loss and the same (clipped) gradient
-    as the whole batch (PRM without dropout, so no random draw depends on the slicing), 64 = 25 +
-    25 + 14. Gradients are compared, not the Adam step, which turns rounding-level differences of
-    near-zero gradients into full-size steps."""
+MICRO_BATCHABLE = ("prm", "prm-c-score", "prm-plus-score", "prm-w-score", "prm-large", "sasrec", "caser",
+                   "gru4rec", "mir")
+
+
+def test_the_micro_batchable_methods_are_these(tiny_spec):
+    """A method is marked only after its losses were checked (and the next test passes for it)."""
     from benchmark import registry
 
-    models = []
+    marked = {m for m in registry.available() if registry.build(m, tiny_spec).micro_batchable}
+    assert marked - {m for m in marked if m.startswith("dnr")} == set(MICRO_BATCHABLE)
+    assert {m for m in marked if m.startswith("dnr")} == {m for m in registry.available() if m.startswith("dnr")
+                                                         and "pier" not in m}
+
+
+@pytest.mark.parametrize("method", MICRO_BATCHABLE)
+def test_sliced_gradient_is_the_whole_batch_gradient_for_every_micro_batchable_method(method, tiny_spec, tiny_batch):
+    """In training mode with every dropout at 0 (so no random draw depends on the slicing): the
+    loss and each parameter's gradient of slices 25 + 25 + 14 equal the whole batch's of 64."""
+    from benchmark import registry
+
+    runs = []
     for micro in (0, 25):
         torch.manual_seed(0)
-        model = registry.build("prm-c-score", tiny_spec, dropout=0.0)
+        model = registry.build(method, tiny_spec, dropout=0.0)
+        for module in model.modules():  # and any dropout the keyword does not reach
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(module, torch.nn.MultiheadAttention):
+                module.dropout = 0.0
         parts = _one_step(model, tiny_batch, micro)
-        models.append((model, float(parts["model"]["loss"].detach())))
-    (whole, loss_whole), (sliced, loss_sliced) = models
-    assert loss_sliced == pytest.approx(loss_whole, rel=1e-6)
+        runs.append((model, {k: float(v.detach()) for k, v in parts["model"].items()}))
+    (whole, loss_whole), (sliced, loss_sliced) = runs
+    assert loss_sliced == pytest.approx(loss_whole, rel=1e-5)
     for (name, a), (_, b) in zip(whole.named_parameters(), sliced.named_parameters()):
-        assert a.grad is not None and torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
 
 
 def test_only_micro_batchable_methods_are_sliced(tiny_spec, tiny_batch):
