@@ -34,7 +34,7 @@ from benchmark.api import Batch, DataSpec, Reranker
 from benchmark.errors import ConfigError
 from benchmark.registry import register
 from baselines.blocks import UserStateEncoder, candidate_inputs, item_table
-from baselines.losses import attention_rank_loss
+from baselines.losses import attention_rank_loss, lists_with_a_positive
 
 FEEDS = ("bottom-up", "top-down")
 
@@ -44,6 +44,7 @@ class DLCM(Reranker):
     """DLCM: GRU over the candidates in initial order, local ranking function φ, attention-rank loss."""
 
     family = "list-refinement"
+    micro_batchable = True  # attention-rank loss per list; slices weighted by their lists with a positive
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, feed: str = "bottom-up", dropout: float = 0.1,
                  user_layers: int = 1, n_heads: int = 4, ffn: int = 128):
@@ -88,3 +89,6 @@ class DLCM(Reranker):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return attention_rank_loss(self.logits(batch), batch.labels, batch.mask)
+
+    def slice_weight(self, batch: Batch) -> float:
+        return float(lists_with_a_positive(batch.labels, batch.mask))  # the loss's mean is over these

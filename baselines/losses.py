@@ -37,3 +37,8 @@ def attention_rank_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.
     log_p = torch.log_softmax(z, dim=1).masked_fill(~mask, 0.0)
     per_list = -(target * log_p).sum(dim=1)
     return (per_list * has_positive).sum() / has_positive.sum().clamp(min=1)
+
+
+def lists_with_a_positive(labels: torch.Tensor, mask: torch.Tensor) -> int:
+    """How many lists :func:`attention_rank_loss` averages over: those with a real positive."""
+    return int((mask & (labels > 0)).any(dim=1).sum())

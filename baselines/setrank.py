@@ -36,7 +36,7 @@ from benchmark.api import Batch, DataSpec, Reranker
 from benchmark.errors import ConfigError
 from benchmark.registry import register
 from baselines.blocks import UserStateEncoder, blocked_attention, candidate_inputs, item_table, mlp
-from baselines.losses import attention_rank_loss
+from baselines.losses import attention_rank_loss, lists_with_a_positive
 
 BLOCKS = ("msab", "imsab")
 
@@ -85,6 +85,7 @@ class SetRank(Reranker):
     """SetRank: permutation-equivariant set attention (MSAB/IMSAB) over the candidates, attention-rank loss."""
 
     family = "list-refinement"
+    micro_batchable = True  # attention-rank loss per list; slices weighted by their lists with a positive
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, n_blocks: int = 2, n_heads: int = 4, ffn: int = 128,
                  block: str = "msab", n_inducing: int = 20, ordinal: bool = False, dropout: float = 0.1,
@@ -118,3 +119,6 @@ class SetRank(Reranker):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return attention_rank_loss(self.logits(batch), batch.labels, batch.mask)
+
+    def slice_weight(self, batch: Batch) -> float:
+        return float(lists_with_a_positive(batch.labels, batch.mask))  # the loss's mean is over these

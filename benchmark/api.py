@@ -150,10 +150,11 @@ class Reranker(torch.nn.Module):
     rank_derived_auc: ClassVar[bool] = False
     """True when ``score`` is derived from an emitted order (methods.md §1.3)."""
     micro_batchable: bool = False
-    """True when every training loss is a mean over the batch's requests and nothing in training
-    couples requests (no BatchNorm, no statistics or negatives across the batch), so a batch's
-    gradient is the request-weighted sum of its slices' gradients and ``--micro-batch`` may
-    split it. Only then does the trainer slice the batch; other methods step on whole batches."""
+    """True when every training loss is a mean over units of the batch counted by
+    :meth:`slice_weight` and nothing in training couples requests (no BatchNorm, no statistics
+    or negatives across the batch), so a batch's gradient is the weighted sum of its slices'
+    gradients and ``--micro-batch`` may split it. Only then does the trainer slice the batch;
+    other methods step on whole batches."""
 
     def __init__(self, spec: DataSpec):
         super().__init__()
@@ -171,6 +172,12 @@ class Reranker(torch.nn.Module):
 
     def stages(self) -> list[Stage]:
         return [Stage("main", [Step("model", self.loss, self.parameters)])]
+
+    def slice_weight(self, batch: Batch) -> float:
+        """How many units the training loss averages over in ``batch``: its requests (every list
+        has all its candidates, so per-candidate means weigh the same). A micro-batch slice's loss
+        is weighted by its share of the batch's total (``trainer.slices``)."""
+        return float(len(batch))
 
     def epoch_begin(self, epoch: int) -> None:
         """Called before each training epoch (1-based) of every stage."""

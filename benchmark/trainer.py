@@ -138,12 +138,17 @@ def _loss_parts(value: "torch.Tensor | dict[str, torch.Tensor]") -> tuple[torch.
 
 
 def slices(model: Reranker, batch, micro_batch: int) -> list[tuple[Any, float]]:
-    """``batch`` as (slice, share of its requests) pairs: slices of at most ``micro_batch``
-    requests for a ``micro_batchable`` model, else the whole batch with share 1."""
+    """``batch`` as (slice, weight) pairs: slices of at most ``micro_batch`` requests for a
+    ``micro_batchable`` model, each weighted by its share of the units its loss averages over
+    (``model.slice_weight``), else the whole batch with weight 1."""
     n = len(batch)
     if micro_batch <= 0 or n <= micro_batch or not getattr(model, "micro_batchable", False):
         return [(batch, 1.0)]
-    return [(batch.rows(a, min(a + micro_batch, n)), (min(a + micro_batch, n) - a) / n) for a in range(0, n, micro_batch)]
+    total = model.slice_weight(batch)
+    if total <= 0:
+        return [(batch, 1.0)]
+    parts = [batch.rows(a, min(a + micro_batch, n)) for a in range(0, n, micro_batch)]
+    return [(part, model.slice_weight(part) / total) for part in parts]
 
 
 def train_steps(model: Reranker, steps: list, optims: list, batch, epoch: int, grad_clip: float,
@@ -152,7 +157,7 @@ def train_steps(model: Reranker, steps: list, optims: list, batch, epoch: int, g
     order). Returns each step's loss parts. A non-finite loss raises :class:`NonFiniteLoss`.
 
     With ``micro_batch`` (``--micro-batch``) a ``micro_batchable`` model's batch is cut into
-    slices whose losses, weighted by their share of the requests, are back-propagated one after
+    slices whose losses, weighted by their share of what the loss averages over, are back-propagated one after
     the other before the step: the same mean loss and gradient as the whole batch (up to float
     rounding and the order random draws are taken in), with activations of a slice's size. Every
     step sees the same slice objects, so a later step can find what an earlier one left for a slice."""
