@@ -234,6 +234,11 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
     return "\n".join(out)
 
 
+GENERATED_SUFFIXES = (".md", ".tex", ".csv", ".png", ".pdf")
+"""What the report writes under ``tables/`` and ``figures/``. Such a file that this run did not
+write is left over from an earlier report (e.g. a table whose rows are no longer in the store)
+and is removed, so the folders only show what the current records support."""
+
 LATEX_PACKAGES = ("booktabs", "graphicx")
 """What the tables need beyond plain LaTeX: booktabs rules and graphicx's ``\\resizebox``."""
 
@@ -312,6 +317,10 @@ def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str
         files += figs.render_all(results_dir, fdir, datasets)
         skipped.update({f"figure {k}": v for k, v in figs.skipped(results_dir, datasets).items()})
     _write(out_dir / "README.md", index_text(frame, datasets, out_dir, files, skipped, argv), files)
+    for folder in (tdir, out_dir / "figures") if figures else (tdir,):
+        for stale in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if stale.is_file() and stale.suffix in GENERATED_SUFFIXES and stale not in files:
+                stale.unlink()  # written by an earlier report from records that have since changed
     return Report(files, skipped, time.perf_counter() - started, mixed_settings(frame[frame["dataset"].isin(datasets)]))
 
 

@@ -233,3 +233,13 @@ def test_index_flags_mixed_protocols_and_short_patience(results, tmp_path):
     assert "**Mixed protocols.**" in index and "  - batch size 256, patience 10: prm" in index
     assert "| **mixed** (see below) |" in index
     assert "fewer than 150 optimiser steps" in index and "KuaiRand: dnr-b seed 0, prm seed 0" in index
+
+
+def test_report_removes_its_own_files_that_the_records_no_longer_support(results, tmp_path):
+    out = tmp_path / "out"
+    (out / "tables").mkdir(parents=True)
+    stale, kept = out / "tables" / "table10.md", out / "tables" / "notes.txt"
+    stale.write_text("a Table 10 from records that are gone")
+    kept.write_text("not the report's")
+    report.build(results, out, figures=False)
+    assert not stale.exists() and kept.exists() and (out / "tables" / "table1.md").exists()
