@@ -208,7 +208,7 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
     short = {d: short_patience_runs(frame[frame["dataset"] == d]) for d in datasets}
     if any(short.values()):
         out += ["", f"Runs that early stopping ended with a patience of fewer than {MIN_PATIENCE_STEPS} optimiser "
-                    "steps (train.patience × steps per epoch), so they may have stopped before they learned: "
+                    "steps (applied patience × steps per epoch), so they may have stopped before they learned: "
                 + "; ".join(f"{tables.dataset_name(d)}: {', '.join(runs)}" for d, runs in short.items() if runs) + "."]
     stuck = {d: first_epoch_runs(frame[frame["dataset"] == d]) for d in datasets}
     if any(stuck.values()):

@@ -230,7 +230,7 @@ def run_one(spec: RunSpec, opts: RunOptions, device: str = "cpu") -> dict[str, A
             "headline": {m: result.test[m] for m in (f"H@{k}", f"N@{k}", f"M@{k}", f"F1@{k}", "AUC")},
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "patience_epochs": cfg.train.patience_epochs(len(train)) if model.trainable else None,
-            "micro_batch": micro_batch if model.trainable and micro_batch < cfg.train.batch_size else 0,
+            "micro_batch": micro_batch if micro_batch < cfg.train.batch_size else 0,  # 0: whole batches
             "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
             "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
             "seconds_per_epoch": result.seconds_per_epoch, "peak_memory_mb": peak_memory_mb(dev),

@@ -48,7 +48,7 @@ records of one dataset that differ in them were trained under different protocol
 
 
 def train_settings(config: dict) -> str:
-    """A record's ``TRAIN_SETTINGS`` as one comparable text, e.g. ``batch 256, patience 10, …``."""
+    """A record's ``TRAIN_SETTINGS`` as one comparable text, e.g. ``batch size 2048, lr 0.001, …``."""
     train = config.get("train", {})
     return ", ".join(f"{key.replace('_', ' ')} {train.get(key)}" for key in TRAIN_SETTINGS)
 

@@ -17,7 +17,6 @@ batches in an epoch is a pure function of (seed, stage, epoch), so it needs no s
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import random
 import resource
@@ -36,8 +35,6 @@ from benchmark.batches import SplitTensors
 from benchmark.config import TrainConfig
 from benchmark.errors import BenchmarkError
 
-
-log = logging.getLogger(__name__)
 
 class NonFiniteLoss(BenchmarkError):
     """A training loss became NaN or infinite."""
@@ -205,11 +202,7 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
         start_stage, start_epoch = saved["stage"], saved["epoch"] + 1
         epochs_run, resumed_from = saved["epochs_run"], saved["epochs_run"]
 
-    patience = cfg.patience_epochs(len(train))
-    if model.trainable and patience > cfg.patience:
-        log.info("early stopping waits %d epochs (train.min_patience_steps = %d at %d steps per epoch), "
-                 "not train.patience = %d", patience, cfg.min_patience_steps, cfg.steps_per_epoch(len(train)),
-                 cfg.patience)
+    patience = cfg.patience_epochs(len(train))  # the record stores it as patience_epochs
     if model.trainable:
         stages: list[Stage] = model.stages()
         for s_index in range(start_stage, len(stages)):
