@@ -96,7 +96,7 @@ class PIER(PRM):
 
     family = "generator-evaluator"
     rank_derived_auc = True
-    micro_batchable = False  # its permutation losses are not audited for slicing: whole batches
+    micro_batchable = True  # BCE, OCPM BCE and FPSM NLL are all request means; no statistic across requests
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, ffn: int = 128,
                  dropout: float = 0.1, causal: bool = False, user_layers: int = 1, score_input: str = "none",

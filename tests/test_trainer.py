@@ -254,7 +254,8 @@ def _one_step(model, batch, micro_batch):
 
 
 MICRO_BATCHABLE = ("prm", "prm-c-score", "prm-plus-score", "prm-w-score", "prm-large", "sasrec", "caser",
-                   "gru4rec", "mir", "dlcm", "setrank")
+                   "gru4rec", "mir", "dlcm", "setrank", "pier", "pier-lite", "pier-c-score", "pier-plus-score",
+                   "pier-w-score")
 
 
 def test_the_micro_batchable_methods_are_these(tiny_spec):
@@ -263,8 +264,7 @@ def test_the_micro_batchable_methods_are_these(tiny_spec):
 
     marked = {m for m in registry.available() if registry.build(m, tiny_spec).micro_batchable}
     assert marked - {m for m in marked if m.startswith("dnr")} == set(MICRO_BATCHABLE)
-    assert {m for m in marked if m.startswith("dnr")} == {m for m in registry.available() if m.startswith("dnr")
-                                                         and "pier" not in m}
+    assert {m for m in marked if m.startswith("dnr")} == {m for m in registry.available() if m.startswith("dnr")}
 
 
 @pytest.mark.parametrize("method", MICRO_BATCHABLE)
@@ -303,14 +303,14 @@ def test_only_micro_batchable_methods_are_sliced(tiny_spec, tiny_batch):
     from benchmark import registry
     from benchmark.trainer import slices
 
-    prm, midnn, pier = (registry.build(m, tiny_spec) for m in ("prm", "midnn", "pier"))
+    prm, midnn, egrerank = (registry.build(m, tiny_spec) for m in ("prm", "midnn", "egrerank"))
     assert [len(b) for b, _ in slices(prm, tiny_batch, 25)] == [25, 25, 14]
     assert sum(share for _, share in slices(prm, tiny_batch, 25)) == pytest.approx(1.0)
-    for whole in (slices(midnn, tiny_batch, 25), slices(pier, tiny_batch, 25), slices(prm, tiny_batch, 0),
+    for whole in (slices(midnn, tiny_batch, 25), slices(egrerank, tiny_batch, 25), slices(prm, tiny_batch, 0),
                   slices(prm, tiny_batch, 64)):
-        assert len(whole) == 1 and whole[0][0] is tiny_batch  # BatchNorm / unaudited losses / off / fits
+        assert len(whole) == 1 and whole[0][0] is tiny_batch  # BatchNorm / per-batch exploration / off / fits
     assert registry.build("dnr-b", tiny_spec).micro_batchable
-    assert not registry.build("dnr-pier", tiny_spec).micro_batchable  # follows its backbone
+    assert registry.build("dnr-pier", tiny_spec).micro_batchable  # follows its backbone
 
 
 def test_dnr_generator_step_attacks_each_slices_own_noise(tiny_spec, tiny_batch, monkeypatch):
