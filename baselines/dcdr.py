@@ -109,6 +109,7 @@ class DCDR(Reranker):
 
     family = "diffusion"
     rank_derived_auc = True
+    micro_batchable = True  # the denoising NLL (k slots per full list) and the evaluator BCE are request means
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, n_layers: int = 2, n_heads: int = 4, ffn: int = 128,
                  dropout: float = 0.1, user_layers: int = 1, denoise_layers: int = 2, diffusion_steps: int = 10,

@@ -105,6 +105,7 @@ from benchmark.api import Batch, DataSpec, Reranker, Stage, Step
 from benchmark.errors import ConfigError
 from benchmark.registry import register
 from baselines.blocks import item_table
+from baselines.losses import lists_with_a_positive
 
 CE_OVER = ("candidates", "catalogue")
 INFERENCE_LAMBDA = ("sample", "mean")
@@ -196,6 +197,7 @@ class DiffuRec(Reranker):
     """DiffuRec: diffused target embedding, history transformer as x_0-approximator, reverse chain, x̂_0 · e_c."""
 
     family = "diffusion"
+    micro_batchable = True  # cross-entropy over the lists with a positive (one drawn target each)
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, n_layers: int = 4, n_heads: int = 4,
                  dropout: float = 0.1, emb_dropout: float = 0.3, diffusion_steps: int = 32, sample_steps: int = 32,
@@ -329,6 +331,10 @@ class DiffuRec(Reranker):
         return logits.masked_fill(~batch.mask, -torch.inf)
 
     # --- training --------------------------------------------------------------------------------
+
+    def slice_weight(self, batch: Batch) -> float:
+        """The cross-entropy averages over the requests that have a positive (the others are skipped)."""
+        return float(lists_with_a_positive(batch.labels, batch.mask))
 
     def stages(self) -> list[Stage]:
         """One phase, as every single-loss method, validated every ``eval_every`` epochs."""

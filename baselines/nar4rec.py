@@ -159,6 +159,7 @@ class NAR4Rec(Reranker):
 
     family = "generator-evaluator"
     rank_derived_auc = True
+    micro_batchable = True  # likelihood parts: k tokens per full list; contrastive: C(C-1) pairs per list
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, n_layers: int = 2, decoder_layers: int = 2,
                  n_heads: int = 4, ffn: int = 128, dropout: float = 0.1, user_layers: int = 1,
