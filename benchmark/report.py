@@ -35,8 +35,8 @@ import pandas as pd
 from benchmark import paper_tables, stats, tables
 from benchmark.errors import BenchmarkError, UserInputError
 from benchmark.paper import SUBSTITUTES
-from benchmark.summary import (METRICS, MIN_PATIENCE_STEPS, first_epoch_runs, mixed_settings, records_frame,
-                               short_patience_runs)
+from benchmark.summary import (METRICS, MIN_PATIENCE_STEPS, capped_runs, first_epoch_runs, mixed_settings,
+                               records_frame, short_patience_runs)
 
 DATASET_ORDER = ("ml-1m", "kuairand", "amazon-books")
 TREATMENTS = ("dnr-b", "dnr-g")
@@ -210,6 +210,11 @@ def index_text(frame: pd.DataFrame, datasets: Sequence[str], out_dir: Path, file
         out += ["", f"Runs that early stopping ended with a patience of fewer than {MIN_PATIENCE_STEPS} optimiser "
                     "steps (applied patience × steps per epoch), so they may have stopped before they learned: "
                 + "; ".join(f"{tables.dataset_name(d)}: {', '.join(runs)}" for d, runs in short.items() if runs) + "."]
+    capped = {d: capped_runs(frame[frame["dataset"] == d]) for d in datasets}
+    if any(capped.values()):
+        out += ["", "Runs that the epoch cap (`train.max_epochs`) ended while they were still within patience of "
+                    "their best validation epoch, so they might have improved with more epochs: "
+                + "; ".join(f"{tables.dataset_name(d)}: {', '.join(runs)}" for d, runs in capped.items() if runs) + "."]
     stuck = {d: first_epoch_runs(frame[frame["dataset"] == d]) for d in datasets}
     if any(stuck.values()):
         out += ["", "Runs that kept their first epoch (validation never improved on it before early stopping, "

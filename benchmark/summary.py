@@ -77,6 +77,7 @@ def records_frame(results_dir: Path) -> pd.DataFrame:
                      **dict(zip(("patience_epochs", "patience_steps"), _patience(r))),
                      "max_epochs": (r["config"].get("train") or {}).get("max_epochs"),
                      "epochs": r["epochs_run"], "best_epoch": r["best_epoch"],
+                     "last_epoch": (r.get("history") or [{}])[-1].get("epoch", 0),
                      "first_validated": first_validated_epoch(r.get("history") or []),
                      "sec_per_epoch": r["seconds_per_epoch"], "rank_derived_auc": bool(r.get("rank_derived_auc")),
                      **{m: r["metrics"]["test"][m] for m in METRICS}})
@@ -163,6 +164,20 @@ def short_patience_runs(frame: pd.DataFrame) -> list[str]:
     return [f"{m} seed {s}" for m, s in sorted(zip(hits["method"], hits["seed"]))]
 
 
+def capped_runs(frame: pd.DataFrame) -> list[str]:
+    """Trained runs that the epoch cap (``train.max_epochs``) ended rather than early stopping:
+    their last stage reached the cap fewer than the applied patience epochs after its best
+    validation epoch, so validation might still have improved."""
+    if "last_epoch" not in frame or "patience_epochs" not in frame:
+        return []
+    last = pd.to_numeric(frame["last_epoch"], errors="coerce")
+    cap = pd.to_numeric(frame["max_epochs"], errors="coerce")
+    patience = pd.to_numeric(frame["patience_epochs"], errors="coerce")
+    hits = frame[(frame["epochs"] > 0) & (last >= cap) & (last - frame["best_epoch"] < patience)]  # NaN: False
+    return [f"{m} seed {s} (best epoch {b} of {c})" for m, s, b, c in
+            sorted(zip(hits["method"], hits["seed"], hits["best_epoch"], hits["max_epochs"]))]
+
+
 def mixed_settings(frame: pd.DataFrame) -> dict[str, list[str]]:
     """Per dataset whose records were trained under more than one set of ``TRAIN_SETTINGS``:
     one line per set, with the methods that used it. Tables that put such records side by side
@@ -199,6 +214,10 @@ def render(results_dir: Path) -> str:
         if short:
             out += [f"Stopped early with a patience under {MIN_PATIENCE_STEPS} optimiser steps (may have stopped "
                     f"before learning): {', '.join(short)}.", ""]
+        capped = capped_runs(part)
+        if capped:
+            out += [f"Ended by the epoch cap while still within patience of their best epoch (validation might "
+                    f"still have improved): {', '.join(capped)}.", ""]
         stuck = first_epoch_runs(part)
         if stuck:
             out += [f"Kept their first epoch (validation never improved on it before early stopping; "

@@ -61,3 +61,14 @@ def test_datasets_trained_under_two_protocols_are_named():
     assert mixed_settings(_frame()) == {}
     mixed = mixed_settings(_frame(epochs=[88, 11, 5], method=["prm", "gru4rec", "caser"]))
     assert mixed == {"kuairand": ["batch size 2048, patience 10: gru4rec, prm", "batch size 256, patience 10: caser"]}
+
+
+def test_runs_ended_by_the_epoch_cap_while_improving_are_flagged():
+    from benchmark.summary import capped_runs
+
+    frame = _frame(epochs=[200, 200, 0], last_epoch=[200, 200, 0], best_epoch=[162, 120, 0],
+                   patience_epochs=[50, 50, None])
+    # gru4rec: 80 epochs without improvement before the cap, so patience would have ended it anyway
+    assert capped_runs(frame) == ["prm seed 0 (best epoch 162 of 200)"]
+    assert capped_runs(_frame(last_epoch=[88, 11, 0], patience_epochs=[50, 50, None])) == []
+    assert capped_runs(_frame()) == []  # frames without the columns (older callers)
