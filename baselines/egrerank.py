@@ -45,8 +45,20 @@ parameters only on the PPO loss, with the evaluator frozen:
 * per request, ``rep_num`` rollouts of K steps are sampled from pi (Gumbel-max on torch's global
   RNG); with probability ``explore``, drawn once per batch from torch's RNG, the whole batch is
   rolled out with uniform-random actions over the allowed candidates instead (LibRerank);
-* reward r_k = the frozen evaluator's click probability (eval mode, no dropout) at position k of
-  the generated slate; return G_k = r_k + reward_gamma * G_{k+1} (LibRerank: gamma = 0.01);
+* reward r_k (eval mode, no dropout), chosen by ``reward``:
+
+  - ``"item"`` (default; methods.md §4.1's adaptation): w_k * sigmoid(a_{c_k}), the evaluator's
+    click probability of the chosen item shown alone (``alone_logits``), weighted by the DCG
+    weight w_k = 1 / log2(k + 2), so the slate's reward is Σ_k w_k s(c_k);
+  - ``"slate"`` (LibRerank): the frozen evaluator's click probability at position k of the whole
+    generated slate, read by its GRU in order.
+
+  Why ``"item"`` is the default: on the real KuaiRand lists the ``"slate"`` reward made the
+  policy collapse at about half the reward available. The evaluator learns from positives-first
+  logged slates, so its reward at positions 2-6 is dominated by position and context, not by
+  the item. The same generator learned from ``"item"`` (results/NOTES.md, "EGRerank's
+  generator"). The list-aware evaluator still trains and still serves phase 0's scores.
+  Return G_k = r_k + reward_gamma * G_{k+1} (LibRerank: gamma = 0.01);
 * advantages A = G standardised across the rollouts of the same request, per position
   (population std; a zero std gives A = 0), as LibRerank's ``get_gaes``;
 * loss = -mean_k min(rho A, clip(rho, 1 - clip, 1 + clip) A) - entropy_weight * mean entropy(pi_k),
@@ -93,6 +105,9 @@ from benchmark.api import Batch, DataSpec, Reranker, Stage, Step, bce_loss, orde
 from benchmark.errors import ConfigError
 from benchmark.registry import register
 from baselines.blocks import UserStateEncoder, candidate_inputs, item_table, logged_slate, mlp, widths
+
+REWARDS = ("item", "slate")
+"""What the generator's per-position reward reads (see the module docstring)."""
 
 NEG = -1e9
 """Logit of a candidate that may not be chosen: finite, so that softmax gives it exactly 0 and the
@@ -243,8 +258,8 @@ class EGRerank(Reranker):
 
     def __init__(self, spec: DataSpec, *, hidden: int = 128, dropout: float = 0.1, evaluator_mlp: str = "200-80",
                  n_random_slates: int = 2, rep_num: int = 5, reward_gamma: float = 0.01, clip: float = 0.1,
-                 entropy_weight: float = 0.001, explore: float = 0.2, user_layers: int = 1, n_heads: int = 4,
-                 ffn: int = 128):
+                 entropy_weight: float = 0.001, explore: float = 0.2, reward: str = "item", user_layers: int = 1,
+                 n_heads: int = 4, ffn: int = 128):
         """``user_layers``/``n_heads``/``ffn`` configure the shared user-state encoder."""
         super().__init__(spec)
         if hidden < 1 or hidden % n_heads:
@@ -263,6 +278,8 @@ class EGRerank(Reranker):
             raise ConfigError(f"entropy_weight must be >= 0, not {entropy_weight}")
         if not 0.0 <= explore <= 1.0:
             raise ConfigError(f"explore must be a probability in [0, 1], not {explore}")
+        if reward not in REWARDS:
+            raise ConfigError(f"reward must be one of {REWARDS}, not {reward!r}")
         if not 1 <= spec.k <= spec.list_len:
             raise ConfigError(f"the slate size k={spec.k} must be in 1..list_len={spec.list_len}")
         self.k = spec.k
@@ -272,6 +289,7 @@ class EGRerank(Reranker):
         self.clip = clip
         self.entropy_weight = entropy_weight
         self.explore = explore
+        self.reward = reward
         self.evaluator = Evaluator(spec, hidden, widths(evaluator_mlp, "evaluator_mlp"), dropout, user_layers,
                                    n_heads, ffn)
         self.generator = PointerGenerator(hidden, dropout)
@@ -345,12 +363,17 @@ class EGRerank(Reranker):
 
     @torch.no_grad()
     def slate_rewards(self, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The frozen evaluator's click probabilities ``[B, R, K]`` of the slates ``actions``
-        ``[B, R, K]`` (columns of ``x`` ``[B, C, 2 hidden]``), in eval mode."""
+        """Rewards ``[B, R, K]`` of the slates ``actions`` ``[B, R, K]`` (columns of ``x``
+        ``[B, C, 2 hidden]``) from the frozen evaluator in eval mode, as ``reward`` says."""
         batch, rollouts, k = actions.shape
         dim = x.shape[-1]
-        slates = x.gather(1, actions.reshape(batch, -1, 1).expand(-1, -1, dim)).view(batch * rollouts, k, dim)
         with eval_mode(self.evaluator):
+            if self.reward == "item":
+                alone = torch.sigmoid(self.evaluator.alone_logits(x))           # [B, C]
+                chosen = alone[:, None, :].expand(-1, rollouts, -1).gather(2, actions)
+                dcg = 1.0 / torch.log2(torch.arange(k, device=x.device, dtype=x.dtype) + 2.0)
+                return chosen * dcg
+            slates = x.gather(1, actions.reshape(batch, -1, 1).expand(-1, -1, dim)).view(batch * rollouts, k, dim)
             return torch.sigmoid(self.evaluator.slate_logits(slates)).view(batch, rollouts, k)
 
     def generator_loss(self, batch: Batch) -> dict[str, torch.Tensor]:

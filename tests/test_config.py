@@ -44,15 +44,17 @@ def test_digest_changes_with_any_field():
     assert DataConfig().digest() == DataConfig().digest()
 
 
-@pytest.mark.parametrize("where, train", [
-    ("results", {}),
-    # made before train.min_patience_steps: `--set train.min_patience_steps=0` finds them finished
-    ("results/archive/epoch-patience", {"min_patience_steps": 0}),
+@pytest.mark.parametrize("where, train, model", [
+    ("results", {}, {}),
+    # made before train.min_patience_steps: `--set train.min_patience_steps=0` finds them finished;
+    # and before EGRerank's reward default became "item": `--set model.reward=slate` for those
+    ("results/archive/epoch-patience", {"min_patience_steps": 0}, {"egrerank": {"reward": "slate"}}),
 ])
-def test_committed_records_are_still_finished_under_the_current_configuration(where, train):
+def test_committed_records_are_still_finished_under_the_current_configuration(where, train, model):
     """Every committed record's config hash is the one this code resolves for its run (paper profile,
     the ``--set`` values it ran with): a new setting or a changed default must not silently turn the
-    committed results into runs to redo (DataConfig.OMIT_AT_DEFAULT keeps later fields out of it)."""
+    committed results into runs to redo (DataConfig.OMIT_AT_DEFAULT keeps later fields out of it).
+    A deliberate change of a method's default is listed in ``model``, per method."""
     records = sorted((ROOT / where / "runs").glob("*/*/seed*.json"))
     assert records, "no committed records"
     for path in records:
@@ -60,7 +62,7 @@ def test_committed_records_are_still_finished_under_the_current_configuration(wh
         cfg = record["config"]
         default = resolve_run_config(cfg["dataset"], cfg["method"], "paper", {})
         settings = {"data": {k: v for k, v in cfg["data"].items() if default.data.to_dict().get(k) != v},
-                    "train": train}
+                    "train": train, "model": model.get(cfg["method"], {})}
         resolved = resolve_run_config(cfg["dataset"], cfg["method"], cfg["profile"], settings)
         assert resolved.to_dict()["model"] == cfg["model"] and resolved.digest() == record["config_hash"], path
         if train:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 
 import pytest
 import torch
@@ -330,12 +331,32 @@ def test_random_slates_are_distinct_real_candidates(tiny_spec):
     assert any(s.tolist() != sorted(s.tolist()) for s in slates.flatten(0, 1))
 
 
+def test_item_reward_is_the_alone_click_probability_with_dcg_weights(tiny_spec, tiny_batch):
+    """``reward="item"``: r_k = sigmoid(alone logit of c_k) / log2(k + 2), whatever else is in the
+    slate; ``reward="slate"`` reads the slate in order, so its r_k moves with the earlier items."""
+    item, slate = build("egrerank", tiny_spec), build("egrerank", tiny_spec, reward="slate")
+    slate.load_state_dict(item.state_dict())
+    with torch.no_grad():
+        x = item.evaluator.eval().inputs(tiny_batch)
+        alone = torch.sigmoid(item.evaluator.alone_logits(x))
+    actions = torch.stack([torch.arange(6), torch.tensor([7, 8, 9, 3, 4, 5])])        # [2 rollouts, K]
+    actions = actions.expand(x.shape[0], -1, -1)
+    got = item.slate_rewards(x, actions)
+    dcg = torch.tensor([1.0 / math.log2(k + 2) for k in range(6)])
+    assert torch.allclose(got, alone[:, None, :].expand(-1, 2, -1).gather(2, actions) * dcg, atol=1e-6)
+    # items 3, 4, 5 sit at positions 3-5 in both rollouts, after different items: same item reward,
+    assert torch.allclose(got[:, 0, 3:] / dcg[3:], got[:, 1, 3:] / dcg[3:], atol=1e-6)
+    # but a different slate reward, because the GRU read other items before them
+    in_context = slate.slate_rewards(x, actions)
+    assert not torch.allclose(in_context[:, 0, 3:], in_context[:, 1, 3:], atol=1e-4)
+
+
 # --- settings ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hparams", [
     {"rep_num": 1}, {"n_random_slates": -1}, {"reward_gamma": 1.5}, {"reward_gamma": -0.1}, {"clip": 0.0},
     {"clip": 1.0}, {"entropy_weight": -1e-3}, {"explore": 1.2}, {"explore": -0.1}, {"dropout": 1.0},
-    {"evaluator_mlp": "200-x"}, {"hidden": 30}])
+    {"evaluator_mlp": "200-x"}, {"hidden": 30}, {"reward": "dcg"}])
 def test_bad_settings_raise(tiny_spec, hparams):
     with pytest.raises(ConfigError):
         registry.build("egrerank", tiny_spec, **hparams)
@@ -347,4 +368,5 @@ def test_registered_with_its_family_and_group():
     assert entry.cls.rank_derived_auc
     hp = entry.hyperparameters()
     assert hp["rep_num"] == 5 and hp["clip"] == 0.1 and hp["reward_gamma"] == 0.01 and hp["explore"] == 0.2
+    assert hp["reward"] == "item"
     assert not {"alpha", "lam", "switch_epoch"} & set(hp) and {"dropout", "hidden"} <= set(hp)
