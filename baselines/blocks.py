@@ -135,6 +135,11 @@ def widths(text: str, name: str) -> tuple[int, ...]:
     return out
 
 
+def dcg_weights(k: int, device=None) -> torch.Tensor:
+    """w_j = 1 / log2(j + 1) for positions j = 1..k (DCDR's list value, EGRerank's item reward)."""
+    return 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float32))
+
+
 def logged_slate(batch: Batch, k: int, positives_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(columns [B, k], labels [B, k])``: the request's logged (exposed) items as candidate
     columns, a **training target only** (it reads ``batch.exposed`` and ``batch.labels``).

@@ -90,17 +90,12 @@ from torch.nn import functional as F
 from benchmark.api import Batch, DataSpec, Reranker, bce_loss, order_scores
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import ListEncoder, UserStateEncoder, candidate_inputs, item_table, logged_slate, mlp
+from baselines.blocks import ListEncoder, UserStateEncoder, candidate_inputs, dcg_weights, item_table, logged_slate, mlp
 
 NO_TARGET = -100
 """``ignore_index`` of the slot cross-entropy (a target slot holding a padded column)."""
 PADDED_LOGP = -1e9
 """Log-probability given to a padded candidate in decoding: taken only when no real one is left."""
-
-
-def dcg_weights(k: int, device=None) -> torch.Tensor:
-    """w_j = 1 / log2(j + 1) for positions j = 1..k."""
-    return 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float32))
 
 
 @register("dcdr", groups=("baselines",))

@@ -104,7 +104,7 @@ from torch import nn
 from benchmark.api import Batch, DataSpec, Reranker, Stage, Step, bce_loss, order_scores
 from benchmark.errors import ConfigError
 from benchmark.registry import register
-from baselines.blocks import UserStateEncoder, candidate_inputs, item_table, logged_slate, mlp, widths
+from baselines.blocks import UserStateEncoder, candidate_inputs, dcg_weights, item_table, logged_slate, mlp, widths
 
 REWARDS = ("item", "slate")
 """What the generator's per-position reward reads (see the module docstring)."""
@@ -371,8 +371,7 @@ class EGRerank(Reranker):
             if self.reward == "item":
                 alone = torch.sigmoid(self.evaluator.alone_logits(x))           # [B, C]
                 chosen = alone[:, None, :].expand(-1, rollouts, -1).gather(2, actions)
-                dcg = 1.0 / torch.log2(torch.arange(k, device=x.device, dtype=x.dtype) + 2.0)
-                return chosen * dcg
+                return chosen * dcg_weights(k, x.device).to(chosen.dtype)
             slates = x.gather(1, actions.reshape(batch, -1, 1).expand(-1, -1, dim)).view(batch * rollouts, k, dim)
             return torch.sigmoid(self.evaluator.slate_logits(slates)).view(batch, rollouts, k)
 

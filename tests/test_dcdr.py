@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from baselines.blocks import logged_slate
-from baselines.dcdr import DCDR, dcg_weights
+from baselines.blocks import dcg_weights, logged_slate
+from baselines.dcdr import DCDR
 from benchmark import registry
 from benchmark.errors import ConfigError
 from helpers import build, scores

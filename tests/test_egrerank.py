@@ -342,7 +342,7 @@ def test_item_reward_is_the_alone_click_probability_with_dcg_weights(tiny_spec, 
     actions = torch.stack([torch.arange(6), torch.tensor([7, 8, 9, 3, 4, 5])])        # [2 rollouts, K]
     actions = actions.expand(x.shape[0], -1, -1)
     got = item.slate_rewards(x, actions)
-    dcg = torch.tensor([1.0 / math.log2(k + 2) for k in range(6)])
+    dcg = torch.tensor([1.0 / math.log2(k + 2) for k in range(6)])  # written out, not dcg_weights
     assert torch.allclose(got, alone[:, None, :].expand(-1, 2, -1).gather(2, actions) * dcg, atol=1e-6)
     # items 3, 4, 5 sit at positions 3-5 in both rollouts, after different items: same item reward,
     assert torch.allclose(got[:, 0, 3:] / dcg[3:], got[:, 1, 3:] / dcg[3:], atol=1e-6)
