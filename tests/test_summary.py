@@ -72,3 +72,17 @@ def test_runs_ended_by_the_epoch_cap_while_improving_are_flagged():
     assert capped_runs(frame) == ["prm seed 0 (best epoch 162 of 200)"]
     assert capped_runs(_frame(last_epoch=[88, 11, 0], patience_epochs=[50, 50, None])) == []
     assert capped_runs(_frame()) == []  # frames without the columns (older callers)
+
+
+def test_method_table_reports_seed_means_and_the_seed_spread_of_ndcg():
+    from benchmark.summary import METRICS, method_table
+
+    rows = [{"method": "setrank", "seed": s, "epochs": e, "sec_per_epoch": 20.0, **{m: v for m in METRICS}}
+            for s, e, v in [(0, 70, 0.15), (1, 72, 0.17)]]
+    rows.append({"method": "prm", "seed": 0, "epochs": 150, "sec_per_epoch": 25.0, **{m: 0.2 for m in METRICS}})
+    table = method_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["n", "H@6", "N@6", "N@6 sd", "M@6", "F1@6", "AUC", "epochs", "sec_per_epoch"]
+    assert table.loc["setrank", "n"] == 2 and table.loc["setrank", "N@6"] == 16.0
+    assert table.loc["setrank", "N@6 sd"] == round(100 * 0.02 / 2 ** 0.5, 2) == 1.41  # sample sd, ddof=1
+    assert table.loc["setrank", "epochs"] == 71.0
+    assert pd.isna(table.loc["prm", "N@6 sd"])  # one seed: no spread to report
