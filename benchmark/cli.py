@@ -32,6 +32,7 @@ from benchmark import registry, runner
 from benchmark.config import PROFILES, check_settings, parse_set_options, resolve_run_config
 from benchmark.data.sources import get_source
 from benchmark.errors import BenchmarkError, UserInputError
+from benchmark.interrupt import report as report_interrupt, sigterm_as_interrupt
 from benchmark.runner import BACKENDS, RunOptions, execute, plan
 
 DEFAULT_RESULTS = Path("results")
@@ -186,6 +187,15 @@ def plan_text(runs: list["runner.PlannedRun"], results_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with sigterm_as_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: lanes' workers are already stopped
+            return report_interrupt(exc, "finished runs are stored; a run cut short resumes from its last "
+                                         "completed epoch when the same command is run again")
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

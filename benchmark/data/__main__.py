@@ -18,6 +18,7 @@ from benchmark.config import PROFILES, parse_set_options
 from benchmark.data.lists import build_candidate_lists
 from benchmark.data.sources import CACHE_DIR_ENV, DATA_DIR_ENV, SOURCES
 from benchmark.errors import BenchmarkError, ConfigError
+from benchmark.interrupt import report as report_interrupt, sigterm_as_interrupt
 
 
 def summary(lists, cached: bool) -> dict[str, Any]:
@@ -140,6 +141,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with sigterm_as_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the retriever's workers are already stopped
+            return report_interrupt(exc, "candidate lists are cached only once complete; run the command again "
+                                         "to build them")
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
