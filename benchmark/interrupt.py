@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import sys
 import threading
 from typing import Iterator
@@ -53,3 +54,21 @@ def report(exc: KeyboardInterrupt, what: str) -> int:
     name = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
     print(f"interrupted ({name}): {what}", file=sys.stderr, flush=True)
     return exit_code(exc)
+
+
+def run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)``, except that an interruption of this
+    process (Ctrl-C, or SIGTERM under ``sigterm_as_interrupt``) is passed on to the child as SIGTERM,
+    so that a child suite command or data build stops its own workers (``subprocess.run`` would
+    SIGKILL the child alone and leave its workers running). A child still alive 60 s later is killed."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

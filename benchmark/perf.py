@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import BenchmarkError, UserInputError
+from benchmark.interrupt import report as report_interrupt, run_child, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,7 @@ def _run_data_command(dataset: str, data_dir: str | None, cache: Path, extra: li
     if data_dir:
         cmd += ["--data-dir", data_dir]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_child(cmd)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -144,8 +144,7 @@ def _raw_user_count_in_child(dataset: str, data_dir: str | None, settings: list[
             "    print(raw_user_count(*json.loads(sys.argv[1])))\n"
             "except BenchmarkError as exc:\n"
             "    sys.exit(f'error: {exc}')\n")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps([dataset, data_dir, list(settings)])],
-                          capture_output=True, text=True)
+    proc = run_child([sys.executable, "-c", code, json.dumps([dataset, data_dir, list(settings)])])
     if proc.returncode != 0:
         raise RuntimeError(f"counting the raw users of {dataset} failed: {proc.stderr.strip()[-500:]}")
     return int(proc.stdout.strip())
@@ -171,7 +170,7 @@ def import_baseline_rss_mb() -> float:
     code = ("import resource, pandas, torch, benchmark.data.lists, benchmark.data.retriever, "
             "benchmark.data.candidates; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)")
     # measured as the builds measure themselves (ru_maxrss), so it carries the same inherited floor
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = run_child([sys.executable, "-c", code])
     if proc.returncode != 0:
         raise RuntimeError(f"measuring the import baseline failed: {proc.stderr.strip()[-500:]}")
     return float(proc.stdout.strip())
@@ -651,7 +650,7 @@ def _time_suite(cmd: list[str], results_dir: Path) -> dict[str, Any]:
     from benchmark import store
 
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_child(cmd)
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -770,6 +769,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with sigterm_as_interrupt():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: child commands were told to stop too
+            return report_interrupt(exc, "a section is written to the output file only once it is measured; "
+                                         "nothing of this one was written")
+
+
+def _main(argv: list[str] | None) -> int:
     p = parser()
     args = p.parse_args(argv)
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS.get(args.section, 1)

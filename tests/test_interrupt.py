@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from benchmark.interrupt import Interrupted, exit_code, sigterm_as_interrupt
+from benchmark.interrupt import Interrupted, exit_code, run_child, sigterm_as_interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SET = ["--set", "data.max_users=150", "data.k_core=5", "data.mf_dim=16", "data.mf_max_epochs=3",
@@ -51,6 +52,35 @@ def _group(pgid: int) -> list[tuple[int, str]]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every live process (Linux /proc)."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                if fields[0] != "Z":
+                    tree.setdefault(int(fields[1]), []).append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return tree
+
+
+def _descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    tree = _children()
+    return {p for p in pids if any(p in kids for kids in tree.values())}
 
 
 def _terminate_when_workers_run(args: list[str], tmp_path: Path, wait_for: str | None = None):
@@ -111,3 +141,42 @@ def test_sigterm_stops_loky_lanes_and_stores_no_record(tmp_path):
     # Paper-profile runs take minutes: none finished, so no record may exist (only checkpoints).
     assert not list(results.rglob("seed*.json")), sorted(results.rglob("*"))
     assert not list(results.rglob(".*.tmp*")) and not [p for p in results.rglob(".*") if p.is_file()]
+
+
+def test_run_child_passes_an_interruption_on_so_the_childs_workers_stop_too(tmp_path):
+    """``benchmark.perf`` runs data builds and suite commands as children; SIGTERM to perf must
+    reach them as SIGTERM (not SIGKILL of the child alone), so that they stop their loky workers."""
+    env_cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "benchmark.data", "--dataset", "ml-100k", "--no-download", "--quiet", "--jobs", "2",
+           "--cache-dir", str(env_cache)]
+    seen: set[int] = set()
+    before = _descendants(os.getpid())  # e.g. a loky executor an earlier test left in this process
+
+    def watch():  # once the child's loky workers run, remember its whole tree and SIGTERM this process
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            tree = _descendants(os.getpid()) - before
+            if len(tree) >= 3:  # the child, its resource tracker and at least one worker
+                seen.update(tree)
+                time.sleep(2)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with pytest.raises(Interrupted):
+        with sigterm_as_interrupt():
+            run_child(cmd)
+    watcher.join(timeout=5)
+    assert len(seen) >= 3, "the child's workers were never seen"
+    deadline = time.monotonic() + 30
+    while _alive(seen) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(seen) == set()
+    assert not list(env_cache.glob("lists/*/meta.json"))
+
+
+def test_run_child_returns_what_subprocess_run_would():
+    done = run_child([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"])
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
