@@ -40,6 +40,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def _raise(signum, _frame):
+        # Once: a second SIGTERM (a scheduler repeating itself, or run_child below passing Ctrl-C
+        # on) must not cut short the cleanup the first one started. Restored when the block ends.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, _raise)
@@ -60,15 +63,25 @@ def run_child(cmd: list[str]) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)``, except that an interruption of this
     process (Ctrl-C, or SIGTERM under ``sigterm_as_interrupt``) is passed on to the child as SIGTERM,
     so that a child suite command or data build stops its own workers (``subprocess.run`` would
-    SIGKILL the child alone and leave its workers running). A child still alive 60 s later is killed."""
+    SIGKILL the child alone and leave its workers running). A Ctrl-C in a terminal reaches the child
+    too (same process group), so then the child gets 30 s to stop by itself first. A child still
+    alive 60 s after SIGTERM is killed."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             out, err = proc.communicate()
-        except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        except BaseException as exc:
+            ctrl_c = isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted)
+            if not (ctrl_c and _exits_within(proc, 30)):
+                proc.terminate()
+                if not _exits_within(proc, 60):
+                    proc.kill()
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _exits_within(proc: subprocess.Popen, seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False

@@ -38,6 +38,23 @@ def test_sigterm_raises_interrupted_inside_the_block_only():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_second_sigterm_does_not_cut_the_cleanup_short():
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = False
+    with pytest.raises(Interrupted):
+        with sigterm_as_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGTERM)  # ignored: this cleanup runs to its end
+                time.sleep(0.1)
+                cleaned = True
+    assert cleaned
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def _group(pgid: int) -> list[tuple[int, str]]:
     """(pid, command line) of every live process in process group ``pgid`` (Linux /proc)."""
     found = []
