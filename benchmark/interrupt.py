@@ -40,8 +40,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def _raise(signum, _frame):
-        # Once: a second SIGTERM (a scheduler repeating itself, or run_child below passing Ctrl-C
-        # on) must not cut short the cleanup the first one started. Restored when the block ends.
+        # Once: a second SIGTERM (a scheduler or a user repeating it) must not cut short the
+        # cleanup the first one started. The previous handler is restored when the block ends.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(signum)
 
