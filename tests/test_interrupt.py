@@ -55,8 +55,8 @@ def test_a_second_sigterm_does_not_cut_the_cleanup_short():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def _group(pgid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process in process group ``pgid`` (Linux /proc)."""
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, parent pid, process group, command line) of every live, non-zombie process (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -64,25 +64,24 @@ def _group(pgid: int) -> list[tuple[int, str]]:
         try:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+            if fields[0] != "Z":
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(entry.name), int(fields[1]), int(fields[2]), cmdline))
         except (OSError, ValueError, IndexError):
             continue
     return found
 
 
+def _group(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process in process group ``pgid``."""
+    return [(pid, cmd) for pid, _, group, cmd in _processes() if group == pgid]
+
+
 def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids of every live process (Linux /proc)."""
+    """Parent pid -> child pids of every live process."""
     tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
-                if fields[0] != "Z":
-                    tree.setdefault(int(fields[1]), []).append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
+    for pid, parent, _, _ in _processes():
+        tree.setdefault(parent, []).append(pid)
     return tree
 
 
