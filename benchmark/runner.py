@@ -72,13 +72,20 @@ def micro_batch_for(opts: RunOptions, device: torch.device) -> int:
 
 
 def git_commit() -> str | None:
+    """HEAD of the checkout (``-dirty`` with uncommitted changes to tracked files). Where the code
+    runs from a copy without ``.git`` (rsynced to a GPU node, say), ``DNR_BENCH_GIT_COMMIT`` names
+    the commit the copy was made from; it is recorded as given, with ``+copy`` appended."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return (out.stdout.strip() + ("-dirty" if dirty else "")) or None
+        head = out.stdout.strip() if out.returncode == 0 else ""
+        if head:
+            return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        pass
+    given = os.environ.get("DNR_BENCH_GIT_COMMIT", "").strip()
+    return f"{given}+copy" if given else None
 
 
 def environment(device: torch.device) -> dict[str, Any]:

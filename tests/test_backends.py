@@ -11,6 +11,7 @@ stopping its lane.
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -163,3 +164,29 @@ def test_run_on_an_unusable_gpu_writes_its_failed_record(root, sequential):
     record = read_record(opts.results_dir, SPECS[1])
     assert summary["status"] == record["status"] == "failed" and record["error"] == summary["error"]
     assert record["environment"]["device"] == "cuda:99" and record["environment"]["gpu"] is None
+
+
+def test_git_commit_of_a_copy_without_git_comes_from_the_environment(tmp_path, monkeypatch):
+    """A copy of the code with no ``.git`` (rsynced to a GPU node) records the commit it was told;
+    a checkout records its own HEAD and ignores the variable."""
+    monkeypatch.setenv("DNR_BENCH_GIT_COMMIT", "abc123")
+    head = runner.git_commit()
+    assert head and not head.endswith("+copy")  # this checkout has .git
+    monkeypatch.setattr(runner, "ROOT", tmp_path)  # no repository here
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert runner.git_commit() == "abc123+copy"
+    monkeypatch.delenv("DNR_BENCH_GIT_COMMIT")
+    assert runner.git_commit() is None
+
+
+def test_deterministic_seeding_fixes_the_cublas_workspace(monkeypatch):
+    """cuBLAS matrix products are reproducible only with a fixed workspace: deterministic seeding
+    sets one (unless the user chose another) before the run's first CUDA call."""
+    from benchmark.trainer import seed_everything
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seed_everything(0, deterministic=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    seed_everything(0, deterministic=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
