@@ -624,6 +624,9 @@ def measure_throughput(dataset: str, methods: list[str], devices: list[str], epo
             "inference_requests": len(test), "eval_batch_size": train_cfg.eval_batch_size,
             "deterministic": train_cfg.deterministic, "torch": torch.__version__,
             "load_average_1_5_15_after": os.getloadavg(), "methods": results,
+            # The file's top-level "machine" is the last writer's; entries measured elsewhere (a GPU
+            # node's, merged into one perf.json) keep their own here.
+            "machine": machine(),
             "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     return out

@@ -125,6 +125,7 @@ def test_throughput_times_every_phase_and_infers_on_the_last(smoke_cache, monkey
     assert {u for u, v in methods.items() if "inference_requests_per_second" in v} == {"prm", "dnr-b@epoch>=4"}
     assert methods["prm"]["inference_requests_per_second"] == 64 / methods["prm"]["inference_seconds"]
     assert r["inference_requests"] == 64 and r["timed_epochs"] == 1 and r["timed_batches"] is None
+    assert r["machine"]["cpus"] == os.cpu_count()  # survives a merge with another machine's entries
 
 
 def test_throughput_fixed_batches_run_on_into_the_next_epoch(smoke_cache, monkeypatch):
