@@ -184,7 +184,8 @@ def test_deterministic_seeding_fixes_the_cublas_workspace(monkeypatch):
     sets one (unless the user chose another) before the run's first CUDA call."""
     from benchmark.trainer import seed_everything
 
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so teardown restores the original
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     seed_everything(0, deterministic=True)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
