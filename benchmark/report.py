@@ -12,7 +12,10 @@ Writes, under ``--out-dir`` (default: the results dir):
 
 * ``tables/table1.{md,tex}`` (``benchmark.tables``), ``tables/table1_tests.csv`` (the dagger family)
   and ``tables/table1_all_baselines.csv`` (DNR-B and DNR-G against every baseline in every column,
-  one Holm family per DNR row: reporting.md §3.1 "Full family");
+  one Holm family per DNR row: reporting.md §3.1 "Full family"), and the appendices
+  ``tables/table1_seed_std.md`` (seed spread of every cell) and ``tables/table1_seed_tests.{md,csv}``
+  (every DNR row against each column's strongest baseline over seeds: seeds won, ``ttest_rel`` on the
+  per-seed values; reporting.md §3.1 "Seeds");
 * ``tables/table{2,3,8,9,10,12}.{md,tex}`` and ``tables/paper_vs_measured.{md,tex}``
   (``benchmark.paper_tables``), with a ``*_tests.csv`` beside each tested table;
 * ``figures/*.{png,pdf}`` (``benchmark.figures``);
@@ -107,6 +110,55 @@ def seed_std_text(frame: pd.DataFrame, table: tables.Table1) -> str:
     headers = ["Method", *(f"{tables.dataset_name(d)} {m}" for d in table.datasets for m in METRICS)]
     return ("**Table 1, seed spread.** Standard deviation over seeds (×100, ddof = 1) of each Table 1 cell; "
             "n=1: a single seed, so no spread; –: not run.\n\n"
+            + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
+
+
+def seed_tests(frame: pd.DataFrame, table: tables.Table1) -> pd.DataFrame:
+    """Appendix to Table 1 (reporting.md §3.1 "Seeds"): every DNR row against each column's
+    strongest baseline (the underlined row) at the level of seeds: per-seed test values paired by
+    seed, the seeds DNR won, and a two-sided ``ttest_rel`` on them (``stats.seed_level``). Values ×100."""
+    part = frame[frame["dataset"].isin(table.datasets)]
+    rows = []
+    for dataset in table.datasets:
+        here = part[part["dataset"] == dataset]
+        for metric in METRICS:
+            control = table.strongest_baseline(dataset, metric)
+            if control is None:
+                continue
+            base = here[here["method"] == control].set_index("seed")[metric]
+            for treatment in (m for m in table.values.index if table.families[m] == tables.DNR):
+                ours = here[here["method"] == treatment].set_index("seed")[metric]
+                if ours.empty:
+                    continue
+                result = stats.seed_level(ours.to_dict(), base.to_dict())
+                shared = sorted(set(ours.index) & set(base.index))
+                rows.append({"dataset": dataset, "metric": metric, "dnr": treatment, "vs": control,
+                             "seeds": result.n, "dnr_mean": 100 * ours[shared].mean() if shared else float("nan"),
+                             "vs_mean": 100 * base[shared].mean() if shared else float("nan"),
+                             "difference": 100 * result.mean_difference, "won": result.wins, "tied": result.ties,
+                             "lost": result.losses, "p_value": result.p_value})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "dnr", "vs", "seeds", "dnr_mean", "vs_mean",
+                                       "difference", "won", "tied", "lost", "p_value"])
+
+
+def seed_tests_text(tests: pd.DataFrame, table: tables.Table1) -> str:
+    """``seed_tests`` as the Markdown appendix: one row per dataset × metric × DNR row."""
+    from tabulate import tabulate
+
+    def number(x: float, digits: int = 2) -> str:
+        return "–" if pd.isna(x) else f"{x:.{digits}f}"
+
+    rows = [[tables.dataset_name(t.dataset), t.metric, table.names[t.dnr], table.names[t.vs], t.seeds,
+             number(t.dnr_mean), number(t.vs_mean), f"{t.difference:+.2f}" if pd.notna(t.difference) else "–",
+             f"{t.won}/{t.seeds}", "–" if pd.isna(t.p_value) else f"{t.p_value:.3g}"]
+            for t in tests.itertuples()]
+    headers = ["Dataset", "Metric", "DNR", "Strongest baseline", "Seeds", "DNR", "Baseline", "Δ", "Seeds won", "p (seeds)"]
+    return ("**Table 1, seed-level tests.** Each DNR row against the column's strongest baseline (the "
+            "underlined row of Table 1), over the seeds both finished: seed means of the test metric (×100), "
+            "their difference, the seeds DNR won, and a two-sided paired t-test on the per-seed values "
+            "(`scipy.stats.ttest_rel`, n − 1 degrees of freedom; –: fewer than two shared seeds). It asks whether "
+            "a gap survives re-training; the per-request tests of Table 1 ask whether it holds across requests. "
+            "No multiple-comparison correction.\n\n"
             + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
 
 
@@ -293,6 +345,10 @@ def build(results_dir: Path, out_dir: Path | None = None, datasets: Sequence[str
         if len(main.tests):
             _csv(tdir / "table1_tests.csv", main.tests, files)
         _write(tdir / "table1_seed_std.md", seed_std_text(frame, main), files)
+        by_seed = seed_tests(frame, main)
+        if len(by_seed):
+            _write(tdir / "table1_seed_tests.md", seed_tests_text(by_seed, main), files)
+            _csv(tdir / "table1_seed_tests.csv", by_seed, files)
         family = full_family(results_dir, main, test, alpha)
         if len(family):
             _csv(tdir / "table1_all_baselines.csv", family, files)

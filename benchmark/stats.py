@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,40 @@ def _pairs(treatment, control) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"paired vectors must be 1-D and of equal length, got {a.shape} and {b.shape}")
     keep = ~(np.isnan(a) | np.isnan(b))
     return a[keep], b[keep]
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedLevel:
+    """Treatment against control over the seeds both finished, one test value per seed (the
+    record's test metric, a mean over requests): seeds won / tied / lost, the mean per-seed
+    difference and a two-sided paired t-test on the seed values (``ttest_rel``, via ``paired_test``).
+    """
+
+    n: int
+    wins: int
+    ties: int
+    losses: int
+    mean_difference: float
+    p_value: float
+
+
+def seed_level(treatment: Mapping[int, float], control: Mapping[int, float]) -> SeedLevel:
+    """The seed-level appendix test of reporting.md §3.1 "Seeds": the count of seeds where the
+    treatment beats the control and ``ttest_rel`` on the per-seed values (RecBole-style, but two
+    sided). ``treatment`` and ``control`` map seed -> test value; only seeds in both are paired.
+
+    This asks a different question from the per-request tests (``compare``): whether the gap
+    survives re-training, not whether it holds across requests. With n seeds it has n − 1 degrees
+    of freedom, so at 2–3 seeds only a gap far larger than the seed spread reaches p < 0.05; fewer
+    than two shared seeds give p = NaN.
+    """
+    shared = sorted(set(treatment) & set(control))
+    a, b = _pairs([treatment[s] for s in shared], [control[s] for s in shared])
+    diff = a - b
+    tested = paired_test(a, b, test="t")
+    return SeedLevel(n=len(diff), wins=int(np.sum(diff > 0)), ties=int(np.sum(diff == 0)),
+                     losses=int(np.sum(diff < 0)), mean_difference=float(np.mean(diff)) if len(diff) else float("nan"),
+                     p_value=tested.p_value)
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:

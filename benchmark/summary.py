@@ -3,7 +3,8 @@
 A pure function of the results store (it never trains): per dataset, each method's test
 H/N/M/F1@6 and AUC (mean over its finished seeds, ×100), and two-sided paired t-tests
 (``scipy.stats.ttest_rel``) of every DNR variant against PRM and the score variants on the
-per-request N@6 and AUC, averaged over the seeds both methods share. The full report with
+per-request N@6 and AUC, averaged over the seeds both methods share, with the seeds DNR won and
+a paired t-test on the per-seed N@6 beside them. The full report with
 corrections, LaTeX and figures is ``benchmark.report`` (issue "reports").
 """
 from __future__ import annotations
@@ -94,6 +95,11 @@ def seed_mean_vectors(results_dir: Path, dataset: str, method: str, seeds: list[
 
 
 def paired_tests(results_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Every DNR run against ``references``: per-request paired t-tests on N@6 and AUC (vectors
+    averaged over the shared seeds), and on N@6 the seed-level view (``stats.seed_level``): the
+    seeds DNR won and a paired t-test on the per-seed test values."""
+    from benchmark.stats import seed_level  # stats imports this module
+
     rows = []
     for dataset, part in frame.groupby("dataset"):
         seeds_of = {m: sorted(g["seed"]) for m, g in part.groupby("method")}
@@ -112,6 +118,10 @@ def paired_tests(results_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
                     test = stats.ttest_rel(a[keep], b[keep])
                     row[f"Δ{metric}"] = 100 * float(np.mean(a[keep] - b[keep]))
                     row[f"p({metric})"] = float(test.pvalue)
+                by_seed = seed_level(*(part[part["method"] == m].set_index("seed")["N@6"].to_dict()
+                                       for m in (method, ref)))
+                row["seeds won (N@6)"] = f"{by_seed.wins}/{by_seed.n}"
+                row["p(N@6, seeds)"] = by_seed.p_value
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -240,7 +250,10 @@ def render(results_dir: Path) -> str:
     if not tests.empty:
         out += ["## DNR vs its backbone and the backbone's score variants: paired t-tests",
                 "", "Two-sided `scipy.stats.ttest_rel` over test requests (per-request values averaged "
-                    "over the shared seeds); Δ = DNR − reference, ×100. No multiple-comparison correction.",
+                    "over the shared seeds); Δ = DNR − reference, ×100. The last two columns look at seeds "
+                    "instead of requests: the shared seeds where DNR's test N@6 is higher, and a two-sided "
+                    "`ttest_rel` on the per-seed test N@6 (n − 1 degrees of freedom; nan with one seed). "
+                    "No multiple-comparison correction.",
                 "", tests.to_markdown(index=False, floatfmt=".4g"), ""]
     beside = paper_comparison(frame)
     if not beside.empty:

@@ -106,6 +106,10 @@ class Table1:
     """Number of finished seeds per method (rows) and dataset (columns); 0 where not run."""
     label: str = "tab:main"
 
+    def strongest_baseline(self, dataset: str, metric: str) -> str | None:
+        """The best baseline of one column (the underlined row the dagger tests against)."""
+        return _strongest(self.values, self.underline, (dataset, metric))
+
     def caption(self, latex: bool = False) -> str:
         """The caption: what the numbers are, the markings, the test, correction, α, lists, seeds, data."""
         return _caption(self, latex)
@@ -147,6 +151,15 @@ def _row_order(methods: Sequence[str]) -> tuple[list[str], dict[str, str]]:
 def _rounded(values: pd.DataFrame) -> pd.DataFrame:
     """The displayed numbers (2 decimals) as floats, so ranks and ties follow what is printed."""
     return values.map(lambda v: float(f"{v:.2f}") if pd.notna(v) else np.nan)
+
+
+def _strongest(values: pd.DataFrame, underline: pd.DataFrame, col) -> str | None:
+    """A column's best baseline, the dagger's comparator: of the underlined rows (tied on the
+    displayed value), the one with the highest unrounded mean, then the first in row order; None
+    when no baseline has a value there."""
+    rows = list(values.index)
+    tied = [m for m in rows if underline.loc[m, col]]
+    return max(tied, key=lambda m: (values.loc[m, col], -rows.index(m))) if tied else None
 
 
 def _best(column: pd.Series) -> pd.Series:
@@ -208,10 +221,9 @@ def table1(results_dir: Path, datasets: Sequence[str], methods: Sequence[str] | 
         ours = values.loc[dnr_rows, col].dropna()
         if len(base) and len(ours) and base.max() != 0:
             improvement[col] = 100 * (ours.max() - base.max()) / base.max()
-        tied = [m for m in baselines if underline.loc[m, col]]
-        if not tied or treatment not in values.index or pd.isna(values.loc[treatment, col]):
+        comparator = _strongest(values, underline, col)
+        if comparator is None or treatment not in values.index or pd.isna(values.loc[treatment, col]):
             continue
-        comparator = max(tied, key=lambda m: (values.loc[m, col], -rows.index(m)))
         result = stats.compare(results_dir, col[0], col[1], treatment, [comparator], test=test,
                                alpha=alpha, correction="none").iloc[0]
         tests.append({"dataset": col[0], "metric": col[1], "comparator": comparator, "n": int(result["n"]),

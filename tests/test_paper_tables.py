@@ -164,6 +164,7 @@ def test_report_writes_tables_index_and_is_deterministic(results, tmp_path):
     assert "`python -m benchmark.report --results-dir R`" in index
     assert "[table2](tables/table2.md) ([LaTeX](tables/table2.tex))" in index and "- table10: no finished run" in index
     assert "- [table1_seed_std](tables/table1_seed_std.md)\n" in index  # no LaTeX of it: no dead link
+    assert "tables/table1_seed_tests.md" in names and "tables/table1_seed_tests.csv" in names
     assert "NOTES.md" not in index and "`pdflatex tables.tex`" in index
     assert "kept their first epoch" not in index  # every synthetic run's best epoch is 2
     covered = index.split("## Not covered yet", 1)[1].split("## Tables", 1)[0]

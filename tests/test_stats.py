@@ -120,6 +120,25 @@ def test_effect_win_tie_loss_counts():
     assert single.mean_difference == 0.5 and math.isnan(single.ci_low) and single.n == 1
 
 
+def test_seed_level_pairs_shared_seeds_and_matches_a_known_t():
+    # seed 7 has no partner and is left out; differences 1, 2, 2: mean 5/3, sd sqrt(1/3), t = 5 on 2 df
+    result = stats.seed_level({0: 3.0, 1: 5.0, 2: 4.0}, {0: 2.0, 1: 3.0, 2: 2.0, 7: 9.0})
+    assert (result.n, result.wins, result.ties, result.losses) == (3, 3, 0, 0)
+    assert result.mean_difference == pytest.approx(5 / 3)
+    assert result.p_value == pytest.approx(0.037749551350623724, rel=1e-9)  # 2 * t.sf(5, df=2)
+    mixed = stats.seed_level({0: 0.2, 1: 0.1, 2: 0.3}, {0: 0.1, 1: 0.1, 2: 0.4})
+    assert (mixed.wins, mixed.ties, mixed.losses) == (1, 1, 1) and mixed.mean_difference == pytest.approx(0.0)
+
+
+def test_seed_level_with_fewer_than_two_shared_seeds_has_no_p():
+    one = stats.seed_level({0: 0.3, 1: 0.2}, {1: 0.1})
+    assert (one.n, one.wins) == (1, 1) and one.mean_difference == pytest.approx(0.1) and math.isnan(one.p_value)
+    none = stats.seed_level({0: 0.3}, {1: 0.1})
+    assert none.n == 0 and math.isnan(none.mean_difference) and math.isnan(none.p_value)
+    same = stats.seed_level({0: 0.3, 1: 0.2}, {0: 0.3, 1: 0.2})
+    assert same.ties == 2 and same.p_value == 1.0
+
+
 # ------------------------------------------------------------------------------------------------
 # compare(): synthetic records in a temporary results store
 

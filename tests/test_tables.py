@@ -243,3 +243,21 @@ def test_check_latex_catches_broken_tables(table, broken, message):
     tables.check_latex(text)
     with pytest.raises(ValueError, match=message):
         tables.check_latex(broken(text))
+
+
+def test_seed_level_appendix_pairs_each_dnr_row_with_the_column_s_strongest_baseline(results, table):
+    from benchmark import report
+    from benchmark.summary import records_frame
+
+    assert table.strongest_baseline("kuairand", "N@6") == "pier"
+    assert table.strongest_baseline("ml-1m", "F1@6") == "sasrec"  # tied with PRM exactly: the first in row order
+    tests = report.seed_tests(records_frame(results), table)
+    assert len(tests) == 2 * len(METRICS)  # one DNR row, every column of both datasets
+    row = tests[(tests["dataset"] == "kuairand") & (tests["metric"] == "N@6")].iloc[0]
+    # seeds 0 and 1 are level ± a method's own noise mean, so their mean difference is the level gap
+    assert (row["dnr"], row["vs"], row["seeds"], row["won"], row["lost"]) == ("dnr-b", "pier", 2, 2, 0)
+    assert row["difference"] == pytest.approx(70.0 - 65.0) and row["dnr_mean"] == pytest.approx(70.0)
+    assert 0 < row["p_value"] < 1
+    text = report.seed_tests_text(tests, table)
+    assert text.startswith("**Table 1, seed-level tests.**")
+    assert "| KuaiRand  | N@6      | DNR-B | Pier                 | 2       | 70.00 | 65.00      | +5.00 | 2/2" in text
