@@ -131,11 +131,9 @@ def seed_tests(frame: pd.DataFrame, table: tables.Table1) -> pd.DataFrame:
                 if ours.empty:
                     continue
                 result = stats.seed_level(ours.to_dict(), base.to_dict())
-                shared = sorted(set(ours.index) & set(base.index))
                 rows.append({"dataset": dataset, "metric": metric, "dnr": treatment, "vs": control,
-                             "seeds": result.n, "dnr_mean": 100 * ours[shared].mean() if shared else float("nan"),
-                             "vs_mean": 100 * base[shared].mean() if shared else float("nan"),
-                             "difference": 100 * result.mean_difference, "won": result.wins, "tied": result.ties,
+                             "seeds": result.n, "dnr_mean": 100 * result.treatment_mean,
+                             "vs_mean": 100 * result.control_mean, "difference": 100 * result.mean_difference, "won": result.wins, "tied": result.ties,
                              "lost": result.losses, "p_value": result.p_value})
     return pd.DataFrame(rows, columns=["dataset", "metric", "dnr", "vs", "seeds", "dnr_mean", "vs_mean",
                                        "difference", "won", "tied", "lost", "p_value"])

@@ -108,6 +108,8 @@ class SeedLevel:
     wins: int
     ties: int
     losses: int
+    treatment_mean: float
+    control_mean: float
     mean_difference: float
     p_value: float
 
@@ -125,10 +127,10 @@ def seed_level(treatment: Mapping[int, float], control: Mapping[int, float]) -> 
     shared = sorted(set(treatment) & set(control))
     a, b = _pairs([treatment[s] for s in shared], [control[s] for s in shared])
     diff = a - b
-    tested = paired_test(a, b, test="t")
+    mean = (lambda x: float(np.mean(x)) if len(x) else float("nan"))
     return SeedLevel(n=len(diff), wins=int(np.sum(diff > 0)), ties=int(np.sum(diff == 0)),
-                     losses=int(np.sum(diff < 0)), mean_difference=float(np.mean(diff)) if len(diff) else float("nan"),
-                     p_value=tested.p_value)
+                     losses=int(np.sum(diff < 0)), treatment_mean=mean(a), control_mean=mean(b),
+                     mean_difference=mean(diff), p_value=paired_test(a, b, test="t").p_value)
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:

@@ -125,6 +125,7 @@ def test_seed_level_pairs_shared_seeds_and_matches_a_known_t():
     result = stats.seed_level({0: 3.0, 1: 5.0, 2: 4.0}, {0: 2.0, 1: 3.0, 2: 2.0, 7: 9.0})
     assert (result.n, result.wins, result.ties, result.losses) == (3, 3, 0, 0)
     assert result.mean_difference == pytest.approx(5 / 3)
+    assert (result.treatment_mean, result.control_mean) == pytest.approx((4.0, 7 / 3))  # seed 7 not in either
     assert result.p_value == pytest.approx(0.037749551350623724, rel=1e-9)  # 2 * t.sf(5, df=2)
     mixed = stats.seed_level({0: 0.2, 1: 0.1, 2: 0.3}, {0: 0.1, 1: 0.1, 2: 0.4})
     assert (mixed.wins, mixed.ties, mixed.losses) == (1, 1, 1) and mixed.mean_difference == pytest.approx(0.0)
