@@ -133,8 +133,9 @@ def seed_tests(frame: pd.DataFrame, table: tables.Table1) -> pd.DataFrame:
                 result = stats.seed_level(ours.to_dict(), base.to_dict())
                 rows.append({"dataset": dataset, "metric": metric, "dnr": treatment, "vs": control,
                              "seeds": result.n, "dnr_mean": 100 * result.treatment_mean,
-                             "vs_mean": 100 * result.control_mean, "difference": 100 * result.mean_difference, "won": result.wins, "tied": result.ties,
-                             "lost": result.losses, "p_value": result.p_value})
+                             "vs_mean": 100 * result.control_mean, "difference": 100 * result.mean_difference,
+                             "won": result.wins, "tied": result.ties, "lost": result.losses,
+                             "p_value": result.p_value})
     return pd.DataFrame(rows, columns=["dataset", "metric", "dnr", "vs", "seeds", "dnr_mean", "vs_mean",
                                        "difference", "won", "tied", "lost", "p_value"])
 
