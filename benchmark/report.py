@@ -135,9 +135,9 @@ def seed_tests(frame: pd.DataFrame, table: tables.Table1) -> pd.DataFrame:
                              "seeds": result.n, "dnr_mean": 100 * result.treatment_mean,
                              "vs_mean": 100 * result.control_mean, "difference": 100 * result.mean_difference,
                              "won": result.wins, "tied": result.ties, "lost": result.losses,
-                             "p_value": result.p_value})
+                             "p_value": result.p_value, "constant": result.constant})
     return pd.DataFrame(rows, columns=["dataset", "metric", "dnr", "vs", "seeds", "dnr_mean", "vs_mean",
-                                       "difference", "won", "tied", "lost", "p_value"])
+                                       "difference", "won", "tied", "lost", "p_value", "constant"])
 
 
 def seed_tests_text(tests: pd.DataFrame, table: tables.Table1) -> str:
@@ -149,13 +149,15 @@ def seed_tests_text(tests: pd.DataFrame, table: tables.Table1) -> str:
 
     rows = [[tables.dataset_name(t.dataset), t.metric, table.names[t.dnr], table.names[t.vs], t.seeds,
              number(t.dnr_mean), number(t.vs_mean), f"{t.difference:+.2f}" if pd.notna(t.difference) else "–",
-             f"{t.won}/{t.seeds}", "–" if pd.isna(t.p_value) else f"{t.p_value:.3g}"]
+             f"{t.won}/{t.seeds}", "Δ equal" if t.constant else "–" if pd.isna(t.p_value) else f"{t.p_value:.3g}"]
             for t in tests.itertuples()]
     headers = ["Dataset", "Metric", "DNR", "Strongest baseline", "Seeds", "DNR", "Baseline", "Δ", "Seeds won", "p (seeds)"]
     return ("**Table 1, seed-level tests.** Each DNR row against the column's strongest baseline (the "
             "underlined row of Table 1), over the seeds both finished: seed means of the test metric (×100), "
             "their difference, the seeds DNR won, and a two-sided paired t-test on the per-seed values "
-            "(`scipy.stats.ttest_rel`, n − 1 degrees of freedom; –: fewer than two shared seeds). It asks whether "
+            "(`scipy.stats.ttest_rel`, n − 1 degrees of freedom; –: fewer than two shared seeds; \"Δ equal\": the "
+            "difference is the same at every shared seed, up to rounding, so the t statistic is undefined "
+            "and no p is given: `stats.seed_level`). It asks whether "
             "a gap survives re-training; the per-request tests of Table 1 ask whether it holds across requests. "
             "No multiple-comparison correction.\n\n"
             + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")

@@ -112,6 +112,9 @@ class SeedLevel:
     control_mean: float
     mean_difference: float
     p_value: float
+    constant: bool = False
+    """The per-seed differences are equal (non-zero) at every shared seed, so their spread is 0
+    and the t statistic is undefined: ``p_value`` is NaN, not the ~0 that ``ttest_rel`` returns."""
 
 
 def seed_level(treatment: Mapping[int, float], control: Mapping[int, float]) -> SeedLevel:
@@ -123,14 +126,34 @@ def seed_level(treatment: Mapping[int, float], control: Mapping[int, float]) -> 
     survives re-training, not whether it holds across requests. With n seeds it has n − 1 degrees
     of freedom, so at 2–3 seeds only a gap far larger than the seed spread reaches p < 0.05; fewer
     than two shared seeds give p = NaN.
+
+    Equal differences at every seed (``constant``) also give p = NaN. A seed's test value is a
+    ratio of counts, so on 2–3 seeds two methods can differ by exactly the same amount at each seed
+    by coincidence (it happened on Amazon H@6: −0.88 at both seeds). The spread of the differences
+    is then 0 up to rounding, and ``ttest_rel`` returns a p of ~1e-15 computed from rounding noise
+    (SciPy warns of catastrophic cancellation): one degree of freedom cannot carry that. R's
+    ``t.test`` refuses the same case ("data are essentially constant"). Its threshold is relative to
+    the mean difference, which is too tight here: the noise comes from subtracting values near
+    0.2, so "equal" means a spread of the differences within 1e-12 of the values' magnitude (real
+    seed-to-seed differences of a mean over thousands of requests are above 1e-6).
     """
     shared = sorted(set(treatment) & set(control))
     a, b = _pairs([treatment[s] for s in shared], [control[s] for s in shared])
     diff = a - b
     mean = (lambda x: float(np.mean(x)) if len(x) else float("nan"))
+    constant = bool(len(diff) >= 2 and np.any(diff != 0) and _equal_differences(a, b))
     return SeedLevel(n=len(diff), wins=int(np.sum(diff > 0)), ties=int(np.sum(diff == 0)),
                      losses=int(np.sum(diff < 0)), treatment_mean=mean(a), control_mean=mean(b),
-                     mean_difference=mean(diff), p_value=paired_test(a, b, test="t").p_value)
+                     mean_difference=mean(diff),
+                     p_value=float("nan") if constant else paired_test(a, b, test="t").p_value,
+                     constant=constant)
+
+
+def _equal_differences(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a − b is the same at every pair up to rounding of values of this magnitude."""
+    diff = a - b
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), np.finfo(float).tiny)
+    return bool(np.ptp(diff) <= 1e-12 * scale)
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:

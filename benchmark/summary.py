@@ -121,7 +121,7 @@ def paired_tests(results_dir: Path, frame: pd.DataFrame) -> pd.DataFrame:
                 by_seed = seed_level(*(part[part["method"] == m].set_index("seed")["N@6"].to_dict()
                                        for m in (method, ref)))
                 row["seeds won (N@6)"] = f"{by_seed.wins}/{by_seed.n}"
-                row["p(N@6, seeds)"] = by_seed.p_value
+                row["p(N@6, seeds)"] = by_seed.p_value  # NaN: one shared seed, or Δ equal at each (stats.seed_level)
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -252,7 +252,8 @@ def render(results_dir: Path) -> str:
                 "", "Two-sided `scipy.stats.ttest_rel` over test requests (per-request values averaged "
                     "over the shared seeds); Δ = DNR − reference, ×100. The last two columns look at seeds "
                     "instead of requests: the shared seeds where DNR's test N@6 is higher, and a two-sided "
-                    "`ttest_rel` on the per-seed test N@6 (n − 1 degrees of freedom; nan with one seed). "
+                    "`ttest_rel` on the per-seed test N@6 (n − 1 degrees of freedom; nan with one seed, or "
+                    "where the difference is the same at every seed, so t is undefined). "
                     "No multiple-comparison correction.",
                 "", tests.to_markdown(index=False, floatfmt=".4g"), ""]
     beside = paper_comparison(frame)

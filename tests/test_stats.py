@@ -140,6 +140,19 @@ def test_seed_level_with_fewer_than_two_shared_seeds_has_no_p():
     assert same.ties == 2 and same.p_value == 1.0
 
 
+def test_seed_level_gives_no_p_when_the_difference_is_equal_at_every_seed():
+    # the Amazon H@6 case (DNR-B vs GRU4Rec, seeds 0 and 1): both differences are -0.0088247508...,
+    # equal but for rounding, and ttest_rel would return p ~ 1e-15 from that rounding alone
+    dnr, gru = {0: 0.20151578073089702, 1: 0.19999307862679952}, {0: 0.2103405315614618, 1: 0.20881782945736432}
+    result = stats.seed_level(dnr, gru)
+    assert result.constant and math.isnan(result.p_value)
+    assert (result.n, result.losses) == (2, 2) and result.mean_difference == pytest.approx(-0.0088247508)
+    # a spread of one request's worth (1 / 28,896 here) is a real, if tiny, spread: the test runs
+    shifted = stats.seed_level({0: dnr[0], 1: dnr[1] + 1 / 28_896}, gru)
+    assert not shifted.constant and 0 < shifted.p_value < 0.05
+    assert not stats.seed_level({0: 0.3, 1: 0.2}, {0: 0.3, 1: 0.2}).constant  # all-zero differences: p = 1 above
+
+
 # ------------------------------------------------------------------------------------------------
 # compare(): synthetic records in a temporary results store
 

@@ -261,3 +261,9 @@ def test_seed_level_appendix_pairs_each_dnr_row_with_the_column_s_strongest_base
     text = report.seed_tests_text(tests, table)
     assert text.startswith("**Table 1, seed-level tests.**")
     assert "| KuaiRand  | N@6      | DNR-B | Pier                 | 2       | 70.00 | 65.00      | +5.00 | 2/2" in text
+    assert not tests["constant"].any() and "Δ equal |" not in text
+    # a difference equal at every seed has no p (stats.seed_level): the cell says so instead of "–"
+    equal = tests.copy()
+    equal.loc[row.name, ["p_value", "constant"]] = [float("nan"), True]
+    line = next(x for x in report.seed_tests_text(equal, table).splitlines() if x.startswith("| KuaiRand  | N@6 "))
+    assert line.rstrip().endswith("| Δ equal     |")
