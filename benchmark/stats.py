@@ -25,7 +25,8 @@ without both a positive and a negative), and the number of pairs kept is reporte
 Fewer than two pairs give NaN p-values, never an exception. Identical vectors (every difference
 exactly 0) give statistic 0 and p = 1: ``ttest_rel`` returns NaN there (0/0) and NaN would
 otherwise drop out of a Holm family as if the comparison never happened. A constant non-zero
-difference has zero spread and gives t = ±inf, p = 0 (every request moved by the same amount).
+difference has zero spread and gives t = ±inf, p = 0 (every request moved by the same amount);
+``seed_level`` gives no p there instead, because on 2–3 seeds that is a coincidence of counts.
 
 Family and correction:
     ``compare`` corrects over the comparisons it makes: one treatment against the given controls,
@@ -134,8 +135,8 @@ def seed_level(treatment: Mapping[int, float], control: Mapping[int, float]) -> 
     (SciPy warns of catastrophic cancellation): one degree of freedom cannot carry that. R's
     ``t.test`` refuses the same case ("data are essentially constant"). Its threshold is relative to
     the mean difference, which is too tight here: the noise comes from subtracting values near
-    0.2, so "equal" means a spread of the differences within 1e-12 of the values' magnitude (real
-    seed-to-seed differences of a mean over thousands of requests are above 1e-6).
+    0.2, so "equal" means a spread of the differences within 1e-12 of the values' magnitude (one
+    request's change moves a mean over thousands of requests by far more than that).
     """
     shared = sorted(set(treatment) & set(control))
     a, b = _pairs([treatment[s] for s in shared], [control[s] for s in shared])
