@@ -142,19 +142,13 @@ def seed_level(treatment: Mapping[int, float], control: Mapping[int, float]) -> 
     a, b = _pairs([treatment[s] for s in shared], [control[s] for s in shared])
     diff = a - b
     mean = (lambda x: float(np.mean(x)) if len(x) else float("nan"))
-    constant = bool(len(diff) >= 2 and np.any(diff != 0) and _equal_differences(a, b))
+    scale = max(np.max(np.abs(a)), np.max(np.abs(b))) if len(diff) else 0.0  # the values' magnitude
+    constant = bool(len(diff) >= 2 and np.any(diff != 0) and np.ptp(diff) <= 1e-12 * scale)
     return SeedLevel(n=len(diff), wins=int(np.sum(diff > 0)), ties=int(np.sum(diff == 0)),
                      losses=int(np.sum(diff < 0)), treatment_mean=mean(a), control_mean=mean(b),
                      mean_difference=mean(diff),
                      p_value=float("nan") if constant else paired_test(a, b, test="t").p_value,
                      constant=constant)
-
-
-def _equal_differences(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether a − b is the same at every pair up to rounding of values of this magnitude."""
-    diff = a - b
-    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), np.finfo(float).tiny)
-    return bool(np.ptp(diff) <= 1e-12 * scale)
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
