@@ -33,13 +33,22 @@ Blocks, per request (hidden d = 128):
   (bidirectional) attention layer over the permutation's 6 items, and a time-aware attention
   over the history (query: the item state; keys: history item + feedback + recency embeddings);
   an MLP on both gives the item's click logit at that slot. Permutation value = Σ_j pCTR_j.
-* **Losses** (end to end, one optimiser step): BCE of s on z; OCPM's BCE over the items of the
-  logged list (exposed items in initial order, with their labels) and of ``train_permutations``
-  - 1 generated ones (labels from z; fillers are 0, as the metrics count them, so OCPM also
-  learns what a filler in a slot is worth); and FPSM's comparative loss over the same generated
-  permutations, weighted ``fpsm_weight``: a contrastive cross-entropy of softmax(FPSM similarity
-  / τ_f) with OCPM's preferred permutation (the arg-max of its detached values) as the positive
-  (``fpsm_teacher="best"``, methods.md §4.2). ``fpsm_teacher="soft"`` uses softmax(OCPM values)
+* **Losses** (end to end, one optimiser step): BCE of s on z; OCPM's BCE over the items of
+  ``train_permutations`` generated permutations (the greedy top-6 and Plackett–Luce samples, as
+  at inference; labels from z, fillers 0, as the metrics count them); and FPSM's comparative loss
+  over the same permutations, weighted ``fpsm_weight``: a contrastive cross-entropy of
+  softmax(FPSM similarity / τ_f) with OCPM's preferred permutation (the arg-max of its detached
+  values) as the positive (``fpsm_teacher="best"``, methods.md §4.2).
+  ``ocpm_logged=True`` puts the logged list (the exposed items in initial order, with their
+  labels) in place of the greedy permutation in OCPM's training set, as the PIER paper trains OCPM
+  on displayed permutations. It is off by default: in our window protocol that list is the one
+  permutation that holds the request's positives, and its make-up (items spread over the 50
+  initial positions, in ascending order) is one no generated permutation has, so OCPM learns to
+  value that make-up instead of the items. In a KuaiRand run trained that way, at its best
+  epoch (63), the within-request correlation of OCPM's values over 32 generated permutations was
+  -0.02 with their clicks and +0.19 with their mean initial position, and OCPM's choice among
+  them had a lower DCG than the greedy top-6 (0.295 against 0.349; NOTES, 2026-12-06).
+  ``fpsm_teacher="soft"`` uses softmax(OCPM values)
   as a soft target instead; it teaches FPSM nothing here: the values of permutations drawn from
   the same 12-item pool differ by a fraction of a click, so that softmax is near-uniform and the
   loss stays at ln(P - 1) (0.1 · ln 7 = 0.195 in every epoch of a KuaiRand run).
@@ -103,7 +112,7 @@ class PIER(PRM):
                  late_score: bool = False, search: str = "fpsm", permutations: int = 32, pool: int = 12,
                  keep: int = 8, train_permutations: int = 8, hash_bits: int = 32, time_decay: float = 0.9,
                  fpsm_tau: float = 0.1, fpsm_weight: float = 0.1, ocpm_weight: float = 1.0, sample_seed: int = 0,
-                 fpsm_teacher: str = "best"):
+                 fpsm_teacher: str = "best", ocpm_logged: bool = False):
         super().__init__(spec, hidden=hidden, n_layers=n_layers, n_heads=n_heads, ffn=ffn, dropout=dropout,
                          causal=causal, user_layers=user_layers, score_input=score_input, late_score=late_score)
         if search not in SEARCHES:
@@ -123,7 +132,7 @@ class PIER(PRM):
         self.rank_derived_auc = search == "fpsm"
         self.n_perm, self.pool, self.keep, self.n_train_perm = permutations, pool, keep, train_permutations
         self.time_decay, self.fpsm_tau, self.fpsm_weight, self.ocpm_weight = time_decay, fpsm_tau, fpsm_weight, ocpm_weight
-        self.sample_seed, self.fpsm_teacher = sample_seed, fpsm_teacher
+        self.sample_seed, self.fpsm_teacher, self.ocpm_logged = sample_seed, fpsm_teacher, ocpm_logged
         # OCPM
         self.slot = nn.Embedding(k, hidden)
         layer = nn.TransformerEncoderLayer(hidden, n_heads, dim_feedforward=ffn, dropout=dropout, batch_first=True,
@@ -222,18 +231,19 @@ class PIER(PRM):
 
     def aux_loss(self, batch: Batch, h: torch.Tensor, logits: torch.Tensor,
                  x_late: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """OCPM's BCE on the logged and generated permutations, FPSM's comparative loss (module doc)."""
+        """OCPM's BCE on the generated permutations, FPSM's comparative loss (module doc)."""
         if self.search == "lite":
             return {}
-        logged, _ = logged_slate(batch, self.k, positives_first=False)
-        generated = plackett_luce_permutations(logits, batch.mask, self.n_train_perm, self.pool, self.k)
-        perms = torch.cat([logged[:, None, :], generated[:, 1:]], dim=1) if self.n_train_perm > 1 else logged[:, None]
+        perms = plackett_luce_permutations(logits, batch.mask, self.n_train_perm, self.pool, self.k)
+        if self.ocpm_logged:  # the logged list replaces the greedy permutation (module doc)
+            perms[:, 0] = logged_slate(batch, self.k, positives_first=False)[0]
         ocpm = self.ocpm_logits(batch, self.fused(h, x_late), perms)
         labels = batch.labels.gather(1, perms.flatten(1)).view_as(perms)
         parts = {"ocpm": self.ocpm_weight * F.binary_cross_entropy_with_logits(ocpm, labels)}
-        if self.n_train_perm > 1 and self.fpsm_weight > 0:
-            value = self.permutation_value(ocpm[:, 1:]).detach()
-            student = torch.log_softmax(self.fpsm_similarity(batch, perms[:, 1:], hard=False) / self.fpsm_tau, dim=1)
+        ranked = slice(1, None) if self.ocpm_logged else slice(None)  # FPSM ranks generated permutations only
+        if perms[:, ranked].shape[1] > 1 and self.fpsm_weight > 0:
+            value = self.permutation_value(ocpm[:, ranked]).detach()
+            student = torch.log_softmax(self.fpsm_similarity(batch, perms[:, ranked], hard=False) / self.fpsm_tau, dim=1)
             if self.fpsm_teacher == "best":  # OCPM's preferred permutation is the positive
                 parts["fpsm"] = self.fpsm_weight * F.nll_loss(student, value.argmax(dim=1))
             else:
