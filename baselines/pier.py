@@ -60,8 +60,9 @@ Blocks, per request (hidden d = 128):
 sort by s, no permutation search (methods.md §4.2 says DNR's PIER numbers most likely came from
 it). Choices where the paper is silent or unrecoverable: P = 32, pool = 12, keep = 8, 32 hash
 bits, γ = 0.9, 8 training permutations, τ_f = 0.1, fpsm_weight = 0.1, the arg-max teacher. Deviations: the history
-permutations are history chunks (no logged display order), and OCPM's time-aware unit uses
-recency slots because the lists carry no per-interaction timestamps.
+permutations are history chunks (no logged display order), OCPM's time-aware unit uses
+recency slots because the lists carry no per-interaction timestamps, and OCPM trains on generated
+permutations, not on the logged list (``ocpm_logged``, above).
 """
 from __future__ import annotations
 
