@@ -43,8 +43,7 @@ SWEEP_DIR = "sweeps"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Method groups: all, baselines, dnr, reference, score-variants, "
-                                       "dnr-ablations, large (see --list). "
+                                epilog=f"Method groups: {', '.join(registry.group_names())} (see --list). "
                                        "Settings: data.KEY, train.KEY, model.KEY (every selected method that "
                                        "has KEY) or <method>.KEY.")
     p.add_argument("--methods", help="comma-separated slugs or groups (see --list)")

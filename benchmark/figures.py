@@ -440,7 +440,7 @@ def _draw_noise(panels: dict[str, list[NoiseCurve]]) -> Figure:
     return fig
 
 
-PANEL_NAMES = {"dnr": "DNR (ours)", "dnr-ablations": "DNR ablations (Table 3)", "dnr-pier": "DNR on PIER",
+PANEL_NAMES = {"dnr": "DNR (ours)", "dnr-ablations": "DNR ablations (Table 3)", "dnr-on-pier": "DNR on PIER",
                "large": "Larger backbone (Table 10)"}
 
 

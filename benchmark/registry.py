@@ -54,13 +54,23 @@ def _check_hparams(cls: type, keys, slug: str = "") -> None:
         raise ConfigError(f"{slug or cls.__name__} has no hyper-parameter {hints}")
 
 
+def _check_names(slug: str, groups: tuple[str, ...]) -> None:
+    """Slugs and group names share one namespace, ``--methods``: a group named like a slug would
+    make ``--methods NAME`` run the whole group (``resolve`` expands groups), not the one method."""
+    if slug in _REGISTRY:
+        raise ValueError(f"method slug {slug!r} registered twice")
+    taken = {g for e in _REGISTRY.values() for g in e.groups} | {"all"}
+    clash = sorted(({slug} & taken) | (set(groups) & (set(_REGISTRY) | {slug})))
+    if clash:
+        raise ValueError(f"{clash} would name both a method and a group: `--methods` could not tell them apart")
+
+
 def register(slug: str, groups: tuple[str, ...] = ()):
     """Class decorator: register ``cls`` under ``slug``. Hyper-parameters must be keyword-only
     arguments of ``__init__(self, spec, *, ...)`` with defaults."""
 
     def wrap(cls: type) -> type:
-        if slug in _REGISTRY:
-            raise ValueError(f"method slug {slug!r} registered twice")
+        _check_names(slug, tuple(groups))
         doc = (cls.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[slug] = Entry(slug, cls, {}, cls.family, doc, tuple(groups))
         return cls
@@ -71,12 +81,12 @@ def register(slug: str, groups: tuple[str, ...] = ()):
 def register_variant(slug: str, base: str, doc: str = "", groups: tuple[str, ...] | None = None,
                      **overrides: Any) -> None:
     """Register ``slug`` as ``base`` with other default hyper-parameters."""
-    if slug in _REGISTRY:
-        raise ValueError(f"method slug {slug!r} registered twice")
     parent = _REGISTRY[base]
+    groups = parent.groups if groups is None else tuple(groups)
+    _check_names(slug, groups)
     _check_hparams(parent.cls, overrides)
     _REGISTRY[slug] = Entry(slug, parent.cls, {**parent.defaults, **overrides}, parent.family,
-                            doc or parent.doc, parent.groups if groups is None else tuple(groups))
+                            doc or parent.doc, groups)
 
 
 def _load() -> None:

@@ -250,7 +250,7 @@ register_variant("dnr-b-no-reg", base="dnr-b", groups=("dnr-ablations",), regula
 # Table 10's "original PRM+DNR" row is the DNR-G row of Table 1, so the larger pair is DNR-G too
 register_variant("dnr-large", base="dnr-b", groups=("large",), doc="DNR-G on a larger PRM backbone (App. E.5, Table 10)",
                  noise="gaussian", n_layers=6)
-register_variant("dnr-pier", base="dnr-b", groups=("dnr-pier",), backbone="pier",
+register_variant("dnr-pier", base="dnr-b", groups=("dnr-on-pier",), backbone="pier",
                  doc="DNR (Beta noise, as Table 2's DNR rows) on the PIER backbone: losses on OCPM's candidate scores")
-register_variant("dnr-pier-g", base="dnr-b", groups=("dnr-pier",), backbone="pier", noise="gaussian",
+register_variant("dnr-pier-g", base="dnr-b", groups=("dnr-on-pier",), backbone="pier", noise="gaussian",
                  doc="DNR-G on the PIER backbone")

@@ -234,3 +234,14 @@ def test_command_line_prints_files_and_what_was_not_drawn(results, tmp_path, cap
     out = capsys.readouterr().out
     assert "validation_kuairand.png" in out and "not drawn: fig5_noise:" in out
     assert "not drawn: fig3_sensitivity:" in out  # the sweeps are on ml-1m only
+
+
+def test_every_dnr_group_has_its_own_validation_panel():
+    """DNR rows split by registry group; a group renamed without its panel title would fall back to
+    the main DNR panel silently."""
+    from benchmark import registry
+
+    dnr_groups = {g for e in registry.available().values() if e.family == "dnr" for g in e.groups}
+    assert dnr_groups <= set(figures.PANEL_NAMES)
+    assert figures._panel("dnr-pier") == figures._panel("dnr-pier-g") == "DNR on PIER"
+    assert figures._panel("dnr-b") == "DNR (ours)" and figures._panel("dnr-large") == "Larger backbone (Table 10)"

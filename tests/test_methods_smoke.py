@@ -45,6 +45,26 @@ def test_registry_is_not_empty_and_groups_resolve():
     assert "prm" in registry.resolve(["baselines"])
 
 
+def test_a_slug_names_one_method_and_no_group_shares_a_name():
+    """`--methods dnr-pier` once ran dnr-pier-g too: the group was called dnr-pier as well."""
+    assert not set(registry.group_names()) & set(SLUGS)
+    for slug in SLUGS:
+        assert registry.resolve([slug]) == [slug]
+    assert registry.resolve(["dnr-on-pier"]) == ["dnr-pier", "dnr-pier-g"]
+    saved = dict(registry._REGISTRY)
+    try:
+        with pytest.raises(ValueError, match="both a method and a group"):
+            registry.register_variant("dnr-pier-x", base="dnr-pier", groups=("prm",))
+        with pytest.raises(ValueError, match="both a method and a group"):
+            registry.register_variant("dnr-ablations", base="dnr-b")
+        with pytest.raises(ValueError, match="registered twice"):
+            registry.register_variant("prm", base="prm")
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+    assert registry.available() == saved
+
+
 @pytest.mark.parametrize("slug", SLUGS)
 def test_method_smoke(slug, tiny_spec, splits, tiny_batch):
     model, result = train(slug, tiny_spec, splits)
