@@ -60,7 +60,7 @@ def _check_names(slug: str, groups: tuple[str, ...]) -> None:
     if slug in _REGISTRY:
         raise ValueError(f"method slug {slug!r} registered twice")
     taken = {g for e in _REGISTRY.values() for g in e.groups} | {"all"}
-    clash = sorted(({slug} & taken) | (set(groups) & (set(_REGISTRY) | {slug})))
+    clash = sorted(({slug} & taken) | (set(groups) & (set(_REGISTRY) | {slug, "all"})))
     if clash:
         raise ValueError(f"{clash} would name both a method and a group: `--methods` could not tell them apart")
 

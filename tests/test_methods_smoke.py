@@ -57,6 +57,8 @@ def test_a_slug_names_one_method_and_no_group_shares_a_name():
             registry.register_variant("dnr-pier-x", base="dnr-pier", groups=("prm",))
         with pytest.raises(ValueError, match="both a method and a group"):
             registry.register_variant("dnr-ablations", base="dnr-b")
+        with pytest.raises(ValueError, match="both a method and a group"):
+            registry.register_variant("dnr-b-x", base="dnr-b", groups=("all",))  # `all` is every method
         with pytest.raises(ValueError, match="registered twice"):
             registry.register_variant("prm", base="prm")
     finally:
