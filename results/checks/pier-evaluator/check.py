@@ -60,17 +60,17 @@ def main() -> None:
         value = model.permutation_value(model.ocpm_logits(batch, model.fused(h, None), perms))
         clicks = batch.labels.gather(1, perms.flatten(1)).view_as(perms).float().sum(-1)
         gains = dcg(perms)
-        similarity = model.fpsm_similarity(batch, perms, hard=True)
-        kept = torch.argsort(similarity, dim=1, descending=True, stable=True)[:, :model.keep]
-        shown = kept.gather(1, value.gather(1, kept).argmax(1, keepdim=True))
+        kept = torch.argsort(model.fpsm_similarity(batch, perms, hard=True), dim=1, descending=True,
+                             stable=True)[:, :model.keep]  # FPSM's selection, as PIER.select makes it
+        shown = model.rerank(batch, model.k)  # PIER's own inference: the list it displays
         first_six = torch.arange(model.k).expand(len(batch), 1, model.k)
     print(f"requests {len(batch)}, lists per request {perms.shape[1]}")
     print(f"within-request corr of OCPM value with clicks {within_corr(value, clicks):+.3f}, DCG "
           f"{within_corr(value, gains):+.3f}, mean initial position {within_corr(value, perms.float().mean(-1)):+.3f}")
     print(f"DCG: greedy top 6 {gains[:, 0].mean():.4f}, OCPM best of {perms.shape[1]} "
-          f"{gains.gather(1, value.argmax(1, keepdim=True)).mean():.4f}, displayed {gains.gather(1, shown).mean():.4f}, "
+          f"{gains.gather(1, value.argmax(1, keepdim=True)).mean():.4f}, displayed {dcg(shown[:, None]).mean():.4f}, "
           f"retriever's first six {dcg(first_six).mean():.4f}")
-    print(f"displayed list is the greedy one for {(shown == 0).float().mean():.3f} of requests; "
+    print(f"displayed list is the greedy one for {(shown == perms[:, 0]).all(1).float().mean():.3f} of requests; "
           f"share of kept lists among the first {model.keep} generated {(kept < model.keep).float().mean():.3f}")
 
 
