@@ -47,7 +47,7 @@ from benchmark import stats
 from benchmark.errors import UserInputError
 from benchmark.paper import PAPER_COLUMN, SUBSTITUTES, paper_numbers
 from benchmark.summary import METRICS, records_frame
-from benchmark.tables import MISSING_MD, MISSING_TEX, TEST_NAMES, _escape, check_latex, dataset_name
+from benchmark.tables import MISSING_MD, MISSING_TEX, TEST_NAMES, _escape, check_latex, dataset_name, method_name
 
 # ------------------------------------------------------------------------------------------------
 # what each table holds
@@ -110,8 +110,8 @@ LAYOUTS: dict[str, Layout] = {
                                     Row("dnr-large", "PRM + DNR (DNR-G)", ("prm-large",))))),
         note="each DNR row is tested against the PRM of its group", defining=("prm-large", "dnr-large")),
 }
-TABLE12_ROWS = (("prm", "PRM"), ("pier", "PIER"), ("dcdr", "DCDR"), ("prm-c-score", "PRM c score"),
-                ("prm-plus-score", "PRM + score"), ("prm-w-score", "PRM w score"), ("dnr-b", "DNR (DNR-B)"))
+TABLE12_ROWS = (("prm", "PRM"), ("pier", "PIER"), ("dcdr", "DCDR"), *((m, method_name(m)) for m in _PRM_SCORE[1:]),
+                ("dnr-b", "DNR (DNR-B)"))
 TABLE12_PAPER = {"prm": "prm", "pier": "pier", "dcdr": "dcdr", "prm-c-score": "score variants",
                  "prm-plus-score": "score variants", "prm-w-score": "score variants", "dnr-b": "dnr"}
 

@@ -68,7 +68,19 @@ from benchmark.summary import METRICS, records_frame
 REFERENCE, DNR = "reference", "dnr"
 DEFAULT_GROUPS = ("reference", "baselines", "dnr")
 DATASET_NAMES = {"ml-1m": "ML-1M", "kuairand": "KuaiRand", "amazon-books": "Books"}
-EXTRA_METHOD_NAMES = {"retriever": "Retriever", "random": "Random", "dnr-bl": "DNR-BL"}
+EXTRA_METHOD_NAMES = {
+    "retriever": "Retriever", "random": "Random", "dnr-bl": "DNR-BL", "pier-lite": "PIER-lite",
+    # Table 2's variants with their backbone named (figures and lists show them out of their group)
+    **{f"{b}-{v}-score": f"{name} {s} score" for b, name in (("prm", "PRM"), ("pier", "PIER"))
+       for v, s in (("c", "c"), ("plus", "+"), ("w", "w"))},
+    "dnr-pier": "DNR-B on PIER", "dnr-pier-g": "DNR-G on PIER",
+    # Table 3's ablations and Table 10's larger pair, in the words of those tables
+    **{f"dnr-{n}-heuristic": f"DNR-{n.upper()} (heuristic noise only)" for n in "gb"},
+    **{f"dnr-{n}-no-adv": f"DNR-{n.upper()} w/o L_adv" for n in "gb"},
+    **{f"dnr-{n}-no-reg": f"DNR-{n.upper()} w/o L_x" for n in "gb"},
+    "prm-large": "PRM (6 layers)", "dnr-large": "DNR-G (6 layers)",
+}
+"""Display names of the methods Table 1 has no row for."""
 FAMILY_NAMES = {"reference": "Reference", "sequential": "Traditional", "list-refinement": "List refinement",
                 "generator-evaluator": "Generator-evaluator", "diffusion": "Diffusion",
                 "score-variant": "Score variants", "dnr": "Ours"}

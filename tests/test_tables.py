@@ -107,6 +107,17 @@ def test_default_methods_are_those_with_runs(results):
     assert list(auto.values.index) == ORDERED
 
 
+def test_every_registered_method_has_its_own_display_name():
+    """Figures and tables never fall back to a bare slug for a method the suite ships."""
+    from benchmark import registry
+
+    names = {slug: tables.method_name(slug) for slug in registry.available()}
+    assert [slug for slug, name in names.items() if name == slug] == []
+    assert len(set(names.values())) == len(names)  # no two methods share a label
+    assert names["pier-plus-score"] == "PIER + score" and names["dnr-pier"] == "DNR-B on PIER"
+    assert tables.method_name("my-reranker") == "my-reranker"  # an unknown slug is shown as given
+
+
 def test_bold_marks_the_best_row_with_ties_and_references_included(table):
     bold = {(d, m): sorted(table.bold.index[table.bold[(d, m)]]) for d, m in table.bold.columns}
     assert bold[("ml-1m", "H@6")] == ["dnr-b"]
