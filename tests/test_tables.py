@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from benchmark import store, tables
+from benchmark import registry, store, tables
 from benchmark.store import RunSpec
 from benchmark.summary import METRICS
 
@@ -109,8 +109,6 @@ def test_default_methods_are_those_with_runs(results):
 
 def test_every_registered_method_has_its_own_display_name():
     """Figures and tables never fall back to a bare slug for a method the suite ships."""
-    from benchmark import registry
-
     names = {slug: tables.method_name(slug) for slug in registry.available()}
     assert [slug for slug, name in names.items() if name == slug] == []
     assert len(set(names.values())) == len(names)  # no two methods share a label
