@@ -71,13 +71,13 @@ DATASET_NAMES = {"ml-1m": "ML-1M", "kuairand": "KuaiRand", "amazon-books": "Book
 EXTRA_METHOD_NAMES = {
     "retriever": "Retriever", "random": "Random", "dnr-bl": "DNR-BL", "pier-lite": "PIER-lite",
     # Table 2's variants with their backbone named (figures and lists show them out of their group)
-    **{f"{b}-{v}-score": f"{name} {s} score" for b, name in (("prm", "PRM"), ("pier", "PIER"))
-       for v, s in (("c", "c"), ("plus", "+"), ("w", "w"))},
+    "prm-c-score": "PRM c score", "prm-plus-score": "PRM + score", "prm-w-score": "PRM w score",
+    "pier-c-score": "PIER c score", "pier-plus-score": "PIER + score", "pier-w-score": "PIER w score",
     "dnr-pier": "DNR-B on PIER", "dnr-pier-g": "DNR-G on PIER",
     # Table 3's ablations and Table 10's larger pair, in the words of those tables
-    **{f"dnr-{n}-heuristic": f"DNR-{n.upper()} (heuristic noise only)" for n in "gb"},
-    **{f"dnr-{n}-no-adv": f"DNR-{n.upper()} w/o L_adv" for n in "gb"},
-    **{f"dnr-{n}-no-reg": f"DNR-{n.upper()} w/o L_x" for n in "gb"},
+    "dnr-g-heuristic": "DNR-G (heuristic noise only)", "dnr-b-heuristic": "DNR-B (heuristic noise only)",
+    "dnr-g-no-adv": "DNR-G w/o L_adv", "dnr-b-no-adv": "DNR-B w/o L_adv",
+    "dnr-g-no-reg": "DNR-G w/o L_x", "dnr-b-no-reg": "DNR-B w/o L_x",
     "prm-large": "PRM (6 layers)", "dnr-large": "DNR-G (6 layers)",
 }
 """Display names of the methods Table 1 has no row for."""
