@@ -491,18 +491,22 @@ def _draw_cost(panels: dict[str, pd.DataFrame], references: dict[str, dict[str, 
                machines: dict[str, int]) -> Figure:
     from benchmark.tables import FAMILY_NAMES
 
+    from adjustText import adjust_text
+
     dataset_name, method_name = _names()
-    fig, axes = _grid(len(panels), 3, width=5.0, height=3.8)
+    fig, axes = _grid(len(panels), 3, width=5.0, height=4.6)
+    labels: list[tuple[Any, list, pd.DataFrame]] = []
     for ax, (dataset, part) in zip(axes, panels.items()):
         for family, group in part.groupby("family", sort=False):
             color = f"C{FAMILIES.index(family) % 10}" if family in FAMILIES else "black"  # same in every panel
             ax.scatter(group["sec_per_epoch"], 100 * group[METRIC], s=22, color=color,
                        label=FAMILY_NAMES.get(family, family))
-            for _, row in group.iterrows():
-                ax.annotate(method_name(row["method"]), (row["sec_per_epoch"], 100 * row[METRIC]), fontsize=6,
-                            xytext=(3, 2), textcoords="offset points")
+        texts = [ax.text(row["sec_per_epoch"], 100 * row[METRIC], method_name(row["method"]), fontsize=6)
+                 for _, row in part.iterrows()]
+        labels.append((ax, texts, part))
         _references(ax, references.get(dataset, {}), method_name)
         ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.08)  # room at the edges for the labels moved off a crowded cluster
         for axis_set in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
             axis_set(LogFormatter())  # plain numbers (56.5, 100), not 5.65×10¹
         ax.set_xlabel("training seconds per epoch (log)")
@@ -511,9 +515,16 @@ def _draw_cost(panels: dict[str, pd.DataFrame], references: dict[str, dict[str, 
                 if machines.get(dataset, 1) > 1 else "")
         ax.set_title(dataset_name(dataset) + warn, fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
+        _legend_below(ax)
     _title(fig, "Quality against training cost: test N@6 and training seconds per epoch, means over seeds, "
                 "as recorded")
+    # Methods cluster at similar costs: a library that moves labels apart (and draws a leader line
+    # to each moved one) keeps every name readable; it needs the final layout, hence the draw first.
+    fig.canvas.draw()
+    for ax, texts, part in labels:
+        adjust_text(texts, x=part["sec_per_epoch"].to_numpy(), y=100 * part[METRIC].to_numpy(), ax=ax,
+                    expand=(1.4, 1.9), force_text=(0.4, 0.8), max_move=(20, 20), iter_lim=1000,
+                    arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.5})
     return fig
 
 
