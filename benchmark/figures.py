@@ -30,9 +30,10 @@ prints it), and a multi-panel figure names the panels it left out the same way.
     N@6 of the final stage), dotted lines mark stage changes of multi-stage methods; methods without
     training (retriever, random) are horizontal dashed lines.
 ``cost_quality``
-    Test N@6 (mean over seeds) against training seconds per epoch (record ``seconds_per_epoch``,
-    mean over seeds), log x, one panel per dataset; the title warns when the timings come from more
-    than one machine / device / thread setting, since they are then not comparable.
+    Test N@6 (mean over seeds) against training seconds per epoch (``summary.epoch_seconds``: a
+    run's median epoch per stage, mean over seeds), log x, one panel per dataset; the title warns
+    when the timings come from more than one machine / device / thread setting, since they are then
+    not comparable.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from benchmark.api import FAMILIES
 from benchmark.cli import SWEEP_DIR
 from benchmark.config import parse_set_options, resolve_run_config
 from benchmark.errors import ConfigError, UserInputError
+from benchmark.summary import epoch_seconds, timing_setting
 
 METRIC = "N@6"
 DATASET_ORDER = ("ml-1m", "kuairand", "amazon-books")
@@ -317,19 +319,14 @@ def validation_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "family", "seed", "step", "stage", "epoch", "val", "best"])
 
 
-def _machine(record: dict[str, Any]) -> tuple:
-    env = record.get("environment") or {}
-    return env.get("host"), env.get("device"), env.get("torch_threads")
-
-
 def cost_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Per dataset and trained method: mean test N@6 and mean seconds per epoch over its finished
     seeds, the seed count, and how many distinct (host, device, torch threads) the timings came from."""
     rows = []
     for r in records:
         rows.append({"dataset": r["dataset"], "method": r["method"], "family": _family(r["method"]),
-                     METRIC: r["metrics"]["test"][METRIC], "sec_per_epoch": r.get("seconds_per_epoch"),
-                     "machine": repr(_machine(r))})
+                     METRIC: r["metrics"]["test"][METRIC], "sec_per_epoch": epoch_seconds(r),
+                     "machine": timing_setting(r)})
     frame = pd.DataFrame(rows, columns=["dataset", "method", "family", METRIC, "sec_per_epoch", "machine"])
     frame["sec_per_epoch"] = pd.to_numeric(frame["sec_per_epoch"])
     return frame.groupby(["dataset", "method", "family"], as_index=False).agg(
@@ -581,7 +578,7 @@ def _plans(results_dir: Path, datasets: Sequence[str] | None) -> list[_Plan]:
         timed = part[part["sec_per_epoch"] > 0]
         refs_c[d] = dict(zip(part.loc[part["sec_per_epoch"].isna(), "method"], part.loc[part["sec_per_epoch"].isna(),
                                                                                        METRIC]))
-        machines[d] = len({_machine(r) for r in by_dataset[d] if r.get("seconds_per_epoch")})
+        machines[d] = len({timing_setting(r) for r in by_dataset[d] if r.get("seconds_per_epoch")})
         if timed.empty:
             notes_c[f"cost_quality/{d}"] = "no finished trained run with seconds_per_epoch"
         else:

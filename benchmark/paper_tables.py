@@ -306,11 +306,18 @@ def epoch_table(results_dir: Path, datasets: Sequence[str]) -> Grid | None:
                           for col in values.columns}, index=values.index)
     cells.columns = columns
     false = pd.DataFrame(False, index=values.index, columns=columns)
-    body = ("Training seconds per epoch (mean over epochs and seeds, evaluation excluded) as recorded by each run "
-            "(machine in its record's environment), the ratio to "
-            "PRM on the same dataset, and the paper's ratio from its Table 12 (its 'w/ score' row covers all three "
+    body = ("Training seconds per epoch as recorded by each run (machine in its record's environment): the "
+            "run's median epoch (per stage for multi-stage methods; evaluation excluded; a median so that an "
+            "epoch spanning a pause does not count), then the mean over seeds; the ratio to PRM on the same "
+            "dataset, and the paper's ratio from its Table 12 (its 'w/ score' row covers all three "
             "score variants). Runs of different methods may have shared the machine with other work, so the "
             "ratios are indicative; python -m benchmark.perf --section epochs times methods side by side.")
+    timed = part[part["sec_per_epoch"].notna()]
+    mixed = [f"{dataset_name(d)} ({n})" for d in values.columns.get_level_values("dataset").unique()
+             if (n := timed.loc[timed["dataset"] == d, "timing_setting"].nunique()) > 1]
+    if mixed:
+        body += (" Timed under more than one host/device/thread setting, so not comparable row to row: "
+                 f"{', '.join(mixed)}.")
     title = "Table 12: training cost"
     names = pd.Series(dict(TABLE12_ROWS)).reindex(values.index)
     return Grid("table12", title, cells, pd.Series("", index=values.index), names, false, false.copy(),

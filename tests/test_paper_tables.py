@@ -115,6 +115,22 @@ def test_table8_and_table12(results):
     assert t12.values.loc["prm-c-score", ("ml-1m", "paper ×PRM")] == pytest.approx(63 / 61)  # the 'w/ score' row
     assert t12.values.loc["dnr-b", ("kuairand", "×PRM")] == pytest.approx(1.1)
     assert t12.cells.loc["dnr-b", ("kuairand", "s/epoch")] == "33.0"
+    assert "more than one host/device/thread setting" not in t12.caption_md  # no environments: one setting
+
+
+def test_table12_names_columns_timed_in_more_than_one_setting(tmp_path):
+    """PRM on a CPU, DNR-B on a shared GPU: the ratio mixes two machines, and the caption says so."""
+    for method, device in (("prm", "cpu"), ("dnr-b", "cuda:0")):
+        record = {"status": "ok", "config_hash": "h",
+                  "config": {"profile": "paper", "data": {"fill": "score_matched"}, "train": {}},
+                  "epochs_run": 2, "best_epoch": 1, "seconds_per_epoch": 5.0, "rank_derived_auc": False,
+                  "history": [{"stage": "main", "epoch": e, "seconds": 5.0} for e in (1, 2)],
+                  "environment": {"host": "box", "device": device, "torch_threads": 1},
+                  "metrics": {"test": {m: 0.5 for m in METRICS}}}
+        store.write_record(tmp_path, RunSpec("ml-1m", method, 0), record)
+    t12 = paper_tables.epoch_table(tmp_path, ["ml-1m"])
+    assert t12.values.loc["dnr-b", ("ml-1m", "×PRM")] == pytest.approx(1.0)
+    assert "not comparable row to row: ML-1M (2)." in t12.caption_md
 
 
 def test_paper_vs_measured_one_row_per_published_row(results):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.summary import first_epoch_runs, references
+from benchmark.summary import epoch_seconds, first_epoch_runs, references
 
 
 def test_dnr_is_tested_against_its_own_backbone_and_its_score_variants():
@@ -86,3 +86,18 @@ def test_method_table_reports_seed_means_and_the_seed_spread_of_ndcg():
     assert table.loc["setrank", "N@6 sd"] == round(100 * 0.02 / 2 ** 0.5, 2) == 1.41  # sample sd, ddof=1
     assert table.loc["setrank", "epochs"] == 71.0
     assert pd.isna(table.loc["prm", "N@6 sd"])  # one seed: no spread to report
+
+
+def test_epoch_seconds_is_each_stages_median_so_a_paused_epoch_does_not_count():
+    def entry(stage, seconds):
+        return {"stage": stage, "epoch": 1, "seconds": seconds}
+
+    # one epoch spanning a 30-minute pause: the mean would be 372 s, the run's cost is 10 s an epoch
+    paused = {"seconds_per_epoch": 372.0, "history": [entry("main", 10.0)] * 4 + [entry("main", 1810.0)]}
+    assert epoch_seconds(paused) == 10.0
+    # two stages of different cost: each stage's median, weighted by its epochs (3 x 2 s + 1 x 8 s) / 4
+    staged = {"seconds_per_epoch": 3.5, "history": [entry("evaluator", 2.0)] * 3 + [entry("generator", 8.0)]}
+    assert epoch_seconds(staged) == 3.5
+    # no times in the history (records of untrained methods, or made before times were logged)
+    assert epoch_seconds({"seconds_per_epoch": 4.0, "history": []}) == 4.0
+    assert epoch_seconds({"seconds_per_epoch": None}) is None
