@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from adjustText import adjust_text
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
@@ -488,8 +489,6 @@ def _draw_cost(panels: dict[str, pd.DataFrame], references: dict[str, dict[str, 
                machines: dict[str, int]) -> Figure:
     from benchmark.tables import FAMILY_NAMES
 
-    from adjustText import adjust_text
-
     dataset_name, method_name = _names()
     fig, axes = _grid(len(panels), 3, width=5.0, height=4.6)
     labels: list[tuple[Any, list, pd.DataFrame]] = []
@@ -513,14 +512,14 @@ def _draw_cost(panels: dict[str, pd.DataFrame], references: dict[str, dict[str, 
         ax.set_title(dataset_name(dataset) + warn, fontsize=9)
         ax.grid(alpha=0.3, which="both")
         _legend_below(ax)
-    _title(fig, "Quality against training cost: test N@6 and training seconds per epoch, means over seeds, "
-                "as recorded")
+    _title(fig, "Quality against training cost: test N@6 and training seconds per epoch (each run's median "
+                "epoch), means over seeds")
     # Methods cluster at similar costs: a library that moves labels apart (and draws a leader line
     # to each moved one) keeps every name readable; it needs the final layout, hence the draw first.
     fig.canvas.draw()
     for ax, texts, part in labels:
         adjust_text(texts, x=part["sec_per_epoch"].to_numpy(), y=100 * part[METRIC].to_numpy(), ax=ax,
-                    expand=(1.4, 1.9), force_text=(0.4, 0.8), max_move=(20, 20), iter_lim=1000,
+                    expand=(1.4, 1.9), force_text=(0.4, 0.8), max_move=(20, 20), iter_lim=3000,
                     arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.5})
     return fig
 
