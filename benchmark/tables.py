@@ -265,11 +265,12 @@ def _seed_text(table: Table1) -> str:
         return "no finished seeds"
     if counts.nunique() == 1:
         return f"mean of {counts.iloc[0]} seeds per method"
+    # One slot per dataset, "–" where the method was not run, so that "SASRec –/3/3" cannot be
+    # read as three seeds on ML-1M.
     per_method = []
     for method, row in table.seeds.iterrows():
-        ks = [str(k) for k in row if k > 0]
-        if ks:
-            per_method.append(f"{table.names[method]} {'/'.join(ks)}")
+        if (row > 0).any():
+            per_method.append(f"{table.names[method]} {'/'.join(str(k) if k > 0 else MISSING_MD for k in row)}")
     order = "/".join(dataset_name(d) for d in table.datasets)
     return f"mean over each method's seeds (seeds per method, {order}: {', '.join(per_method)})"
 

@@ -197,6 +197,17 @@ def test_caption_lists_uneven_seeds_and_other_test(tmp_path):
     assert t.dagger.loc["dnr-b", ("ml-1m", "H@6")] and not t.dagger.loc["dnr-b", ("ml-1m", "N@6")]
 
 
+def test_caption_seed_counts_keep_one_slot_per_dataset(tmp_path):
+    # A method missing on one dataset must not shift its counts into another dataset's slot.
+    for method, per_dataset in {"prm": (3, 2), "sasrec": (0, 3), "diffurec": (1, 0)}.items():
+        for dataset, k in zip(("ml-1m", "kuairand"), per_dataset):
+            if k:
+                _write_runs(tmp_path, dataset, method, seeds=tuple(range(k)))
+    t = tables.table1(tmp_path, ["ml-1m", "kuairand"])
+    assert "seeds per method, ML-1M/KuaiRand: SASRec –/3, PRM 3/2, DiffuRec 1/–)" in t.caption()
+    assert "SASRec --/3, PRM 3/2, DiffuRec 1/--" in t.caption(latex=True)
+
+
 def test_markdown_snapshot(table):
     text = tables.to_markdown(table)
     lines = text.splitlines()
