@@ -419,7 +419,7 @@ def rank_agreement_text(rows: Sequence[dict], metric: str = "N@6") -> str:
     agreement = rank_agreement(rows, metric)
     if not agreement:
         return ""
-    parts = [f"{dataset_name(d)} τ = {tau:+.2f} (p = {p:.2g}, {n} methods)" for d, (tau, p, n) in agreement.items()]
+    parts = [f"{dataset_name(d)} τ = {tau:+.2f} (p = {p:#.2g}, {n} methods)" for d, (tau, p, n) in agreement.items()]
     return (f" Does our ordering of Table 1's methods follow the paper's? Kendall's τ-b between the two {metric} "
             f"columns over the Table 1 methods we ran: {'; '.join(parts)}.")
 

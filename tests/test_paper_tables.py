@@ -235,6 +235,8 @@ def test_rank_agreement_with_the_paper():
     text = paper_tables.rank_agreement_text(rows)
     assert "ML-1M τ = +1.00" in text and "KuaiRand τ = -1.00" in text and "3 methods" in text
     assert paper_tables.rank_agreement_text(rows[-2:]) == ""
+    mixed = [row("ml-1m", "a", 50, 20), row("ml-1m", "b", 60, 10), row("ml-1m", "c", 70, 30)]
+    assert "τ = +0.33 (p = 1.0, 3 methods)" in paper_tables.rank_agreement_text(mixed)  # two digits, not "p = 1"
     assert tables._escape(text).isascii() and "$\\tau$" in tables._escape(text)  # τ has a LaTeX spelling
 
 
