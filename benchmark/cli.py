@@ -168,20 +168,28 @@ def plan_text(runs: list["runner.PlannedRun"], results_dir: Path) -> str:
     from tabulate import tabulate
 
     rows = [(r.spec.dataset, r.spec.method, r.spec.seed, r.state,
-             "" if r.estimate_s is None or r.state == "finished" else "~" + _duration(r.estimate_s), r.detail)
+             "" if r.estimate_s is None or r.state == "finished"
+             else ("≥" if r.at_least else "~") + _duration(r.estimate_s), r.detail)
             for r in runs]
     counts = Counter(r.state for r in runs)
     pending = [r for r in runs if r.state != "finished"]
-    known = [r.estimate_s for r in pending if r.estimate_s is not None]
+    known = [r.estimate_s for r in pending if r.estimate_s is not None and not r.at_least]
+    bounded = [r.estimate_s for r in pending if r.at_least]
     lines = [f"{len(runs)} runs asked for -> {results_dir}",
              tabulate(rows, headers=["dataset", "method", "seed", "state", "to go", "detail"], tablefmt="simple"),
              ", ".join(f"{counts[s]} {s}" for s in runner.PLAN_STATES if counts[s])]
-    if pending and not known:
+    unknown = len(pending) - len(known) - len(bounded)
+    if pending and not known and not bounded:
         lines.append(f"no estimate of the time still to go: no seed of these {len(pending)} runs has finished")
     elif pending:
-        lines.append(f"still to go on one lane: ~{_duration(sum(known))} for the {len(known)} runs with a "
-                     f"finished seed to go by" + (f"; {len(pending) - len(known)} without an estimate"
-                                                   if len(pending) > len(known) else ""))
+        parts = []
+        if known:
+            parts.append(f"~{_duration(sum(known))} for the {len(known)} runs with a finished seed to go by")
+        if bounded:
+            parts.append(f"at least {_duration(sum(bounded))} for the {len(bounded)} resumed runs without one")
+        if unknown:
+            parts.append(f"{unknown} without an estimate")
+        lines.append("still to go on one lane: " + "; ".join(parts))
     return "\n".join(lines)
 
 

@@ -138,7 +138,11 @@ class PlannedRun:
     estimate_s: float | None
     """Seconds still to go on one lane like those that trained its finished peers (same dataset,
     method and config, other seeds): their median train + eval time, less what a checkpoint has
-    already done. None when no peer has finished, and 0 for a finished run."""
+    already done. With no finished peer, a resumed run whose checkpoint records its stopping rule
+    gets a lower bound instead (``at_least``). None otherwise, and 0 for a finished run."""
+    at_least: bool = False
+    """``estimate_s`` is a lower bound: the fewest epochs the current stage can still run
+    (:func:`benchmark.trainer.min_epochs_left`) at the checkpoint's own seconds per epoch."""
 
 
 PLAN_STATES = ("finished", "resumes", "retry", "outdated", "new")
@@ -158,9 +162,10 @@ def _peer_seconds(results_dir: Path, dataset: str, method: str, digest: str) -> 
 def planned_run(spec: RunSpec, opts: RunOptions) -> PlannedRun:
     """What ``plan`` would do with one run, read from the records and checkpoints in
     ``opts.results_dir`` (the same rule as ``plan``: finished = ok record, same config hash)."""
-    from benchmark.trainer import checkpoint_progress
+    from benchmark.trainer import checkpoint_progress, min_epochs_left
 
     digest = resolve_run_config(spec.dataset, spec.method, opts.profile, opts.settings).digest()
+    at_least = False
     peers = _peer_seconds(opts.results_dir, spec.dataset, spec.method, digest)
     estimate = float(np.median(peers)) if peers else None
     record = store.read_record(opts.results_dir, spec) or {}
@@ -180,6 +185,12 @@ def planned_run(spec: RunSpec, opts: RunOptions) -> PlannedRun:
                   f"{done_s / 60:.0f} min done); best so far epoch {ckpt['best_epoch']}, "
                   f"{ckpt['stale']} without improvement")
         estimate = None if estimate is None else max(estimate - done_s, 0.0)
+        left = min_epochs_left(ckpt)
+        if estimate is None and left is not None and ckpt.get("epochs_run"):
+            at_least, estimate = True, left * done_s / ckpt["epochs_run"]
+            later = ckpt["stopping"]["stages"] - ckpt["stage"] - 1
+            detail += (f"; at least {left} more epoch{'s' * (left != 1)} at {done_s / ckpt['epochs_run']:.0f} s"
+                       + (f", then {later} more stage{'s' * (later > 1)}" if later > 0 else ""))
     elif record.get("status") == "failed":
         state, detail = "retry", f"last attempt failed: {record.get('error')}"
     elif record.get("status") == "ok":
@@ -190,7 +201,7 @@ def planned_run(spec: RunSpec, opts: RunOptions) -> PlannedRun:
         state, detail = "new", ""
     if ckpt is not None and "error" not in ckpt and ckpt["tag"] != digest and state != "finished":
         detail = (detail + "; " if detail else "") + "its checkpoint is of another config: starts over"
-    return PlannedRun(spec, state, detail, estimate)
+    return PlannedRun(spec, state, detail, estimate, at_least)
 
 
 def describe_plan(datasets: list[str], methods: list[str], seeds: list[int], opts: RunOptions) -> list[PlannedRun]:
@@ -260,14 +271,17 @@ def run_one(spec: RunSpec, opts: RunOptions, device: str = "cpu") -> dict[str, A
 def lane_eta(remaining: list[RunSpec], opts: RunOptions, per_run: float) -> float:
     """Seconds still to go for ``remaining``: each run's :func:`planned_run` estimate (its
     finished seeds' median, less what its checkpoint has done), or ``per_run`` (this lane's mean
-    so far) for a run with no finished seed to go by."""
+    so far) for a run with no finished seed to go by (at least its checkpoint's lower bound)."""
     total = 0.0
     for spec in remaining:
         try:
-            estimate = planned_run(spec, opts).estimate_s
+            planned = planned_run(spec, opts)
         except Exception:  # noqa: BLE001 - an estimate must never stop a lane
-            estimate = None
-        total += per_run if estimate is None else estimate
+            planned = None
+        if planned is None or planned.estimate_s is None:
+            total += per_run
+        else:
+            total += max(planned.estimate_s, per_run) if planned.at_least else planned.estimate_s
     return total
 
 

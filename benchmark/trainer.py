@@ -116,7 +116,23 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 CHECKPOINT_PROGRESS = ("tag", "stage", "epoch", "epochs_run", "best_epoch", "best_value", "stale",
-                       "train_seconds", "eval_seconds")
+                       "train_seconds", "eval_seconds", "stopping")
+"""``stopping`` (checkpoints written since stop 42; None in older ones): the current stage's early
+stopping inputs, ``patience``, ``min_epochs``, ``max_epochs``, and ``stages`` (how many the
+method has), from which ``--plan`` bounds the epochs still to go (:func:`min_epochs_left`)."""
+
+
+def min_epochs_left(progress: dict[str, Any]) -> int | None:
+    """The fewest epochs the current stage can still run after the checkpoint's epoch: the run
+    stops at the first epoch with ``stale >= patience`` past ``min_epochs`` (see :func:`fit`), so
+    with no further improvement that is ``max(patience - stale, min_epochs - epoch)``, within
+    ``max_epochs``. Any later stage adds to it. None when the checkpoint does not say."""
+    rule = progress.get("stopping")
+    if not rule:
+        return None
+    epoch, stale = int(progress["epoch"]), int(progress["stale"])
+    left = max(rule["patience"] - stale, rule["min_epochs"] - epoch, 0)
+    return min(left, max(rule["max_epochs"] - epoch, 0))
 
 
 def checkpoint_progress(path: Path) -> dict[str, Any] | None:
@@ -273,6 +289,8 @@ def fit(model: Reranker, train: SplitTensors, val: SplitTensors, test: SplitTens
                         "best_state": best_state, "best_value": best_value, "best_epoch": best_epoch,
                         "stale": stale, "history": history, "rng": _rng_state(),
                         "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                        "stopping": {"patience": patience, "min_epochs": stage.min_epochs,
+                                     "max_epochs": max_epochs, "stages": len(stages)},
                     }, checkpoint)
             bar.close()
             if best_state is not None:

@@ -131,6 +131,20 @@ def test_plan_reports_each_state_and_trains_nothing(run_cli, tmp_path):
     code, out, _ = run_cli("--methods", "prm", "--dataset", "ml-100k", "--profile", "smoke", "--plan",
                            "--seeds", "1", "--set", "train.lr=0.5")
     assert code == 0 and "checkpoint is of another config" in out and "no estimate" in out, out
+    # a resumed run with no finished seed: a lower bound from its checkpoint's stopping rule
+    dnr = RunSpec("ml-100k", "dnr-b", 0)
+    dnr_digest = resolve_run_config("ml-100k", "dnr-b", "smoke", {}).digest()
+    _atomic_torch_save({"tag": dnr_digest, "stage": 0, "epoch": 10, "epochs_run": 10, "best_epoch": 8,
+                        "best_value": 0.1, "stale": 2, "train_seconds": 500.0, "eval_seconds": 100.0, "model": {},
+                        "stopping": {"patience": 5, "min_epochs": 20, "max_epochs": 200, "stages": 1}},
+                       store.checkpoint_path(results, dnr))
+    code, out, _ = run_cli("--methods", "dnr-b,prm", "--dataset", "ml-100k", "--profile", "smoke", "--plan",
+                           "--seeds", "0", "4")
+    rows = {tuple(line.split()[1:3]): line for line in out.splitlines() if line.startswith("ml-100k")}
+    assert "≥10 min" in rows[("dnr-b", "0")] and "at least 10 more epochs at 60 s" in rows[("dnr-b", "0")], out
+    assert "new" in rows[("dnr-b", "4")] and "~11 min" in rows[("prm", "4")]
+    assert ("~11 min for the 1 runs with a finished seed to go by; at least 10 min for the 1 resumed runs "
+            "without one; 1 without an estimate") in out, out
 
 
 def test_lane_eta_uses_finished_seeds_and_falls_back_to_the_lane_mean(tmp_path):
@@ -144,3 +158,12 @@ def test_lane_eta_uses_finished_seeds_and_falls_back_to_the_lane_mean(tmp_path):
     remaining = [RunSpec("ml-100k", "prm", 1), RunSpec("ml-100k", "prm", 2), RunSpec("ml-100k", "dnr-b", 0)]
     assert runner.lane_eta(remaining, opts, per_run=30.0) == pytest.approx(2 * 660.0 + 30.0)
     assert runner.lane_eta([], opts, per_run=30.0) == 0.0
+    # a resumed run without a finished seed: its checkpoint's lower bound where that exceeds the lane mean
+    from benchmark.trainer import _atomic_torch_save
+    _atomic_torch_save({"tag": resolve_run_config("ml-100k", "dnr-b", "smoke", {}).digest(), "stage": 0, "epoch": 4,
+                        "epochs_run": 4, "best_epoch": 4, "best_value": 0.1, "stale": 0, "train_seconds": 80.0,
+                        "eval_seconds": 0.0, "model": {},
+                        "stopping": {"patience": 3, "min_epochs": 0, "max_epochs": 200, "stages": 1}},
+                       store.checkpoint_path(tmp_path, RunSpec("ml-100k", "dnr-b", 0)))
+    assert runner.lane_eta(remaining, opts, per_run=30.0) == pytest.approx(2 * 660.0 + 60.0)  # 3 epochs × 20 s
+    assert runner.lane_eta(remaining, opts, per_run=90.0) == pytest.approx(2 * 660.0 + 90.0)

@@ -11,7 +11,7 @@ import torch
 from benchmark.api import Reranker, Stage, Step, bce_loss
 from benchmark.batches import SplitTensors
 from benchmark.config import TrainConfig
-from benchmark.trainer import NonFiniteLoss, checkpoint_progress, fit, seed_everything
+from benchmark.trainer import NonFiniteLoss, checkpoint_progress, fit, min_epochs_left, seed_everything
 
 
 class ItemScorer(Reranker):
@@ -87,6 +87,16 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_spec, splits):
     assert a.test != c.test
 
 
+def test_min_epochs_left_follows_the_stopping_rule():
+    rule = {"patience": 50, "min_epochs": 0, "max_epochs": 200, "stages": 1}
+    at = lambda epoch, stale, **kw: min_epochs_left({"epoch": epoch, "stale": stale, "stopping": {**rule, **kw}})
+    assert at(40, 12) == 38  # patience: 50 epochs without improvement
+    assert at(40, 50) == 0  # already out of patience: the next epoch check stops it
+    assert at(44, 18, patience=30, min_epochs=100) == 56  # DNR may not stop before its switch epoch T + 1
+    assert at(190, 0) == 10  # the epoch cap comes first
+    assert min_epochs_left({"epoch": 3, "stale": 0, "stopping": None}) is None  # a checkpoint from before stop 42
+
+
 def test_interrupted_run_resumes_to_identical_result(tiny_spec, splits, tmp_path):
     cfg = dataclasses.replace(CFG, patience=10)
     _, straight = run(tiny_spec, splits, cfg=cfg)
@@ -97,6 +107,8 @@ def test_interrupted_run_resumes_to_identical_result(tiny_spec, splits, tmp_path
     progress = checkpoint_progress(ckpt)  # what ``--plan`` shows of it
     assert progress["tag"] == "x" and progress["stage"] == 0 and progress["epoch"] == progress["epochs_run"] == 3
     assert 1 <= progress["best_epoch"] <= 3 and progress["train_seconds"] > 0
+    assert progress["stopping"] == {"patience": 10, "min_epochs": 0, "max_epochs": cfg.max_epochs, "stages": 1}
+    assert min_epochs_left(progress) == 3  # epochs 4-6: the 6-epoch cap ends it before the patience of 10
     assert checkpoint_progress(tmp_path / "none.ckpt") is None
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     assert "error" in checkpoint_progress(tmp_path / "bad.ckpt")
