@@ -117,7 +117,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 CHECKPOINT_PROGRESS = ("tag", "stage", "epoch", "epochs_run", "best_epoch", "best_value", "stale",
                        "train_seconds", "eval_seconds", "stopping")
-"""``stopping`` (checkpoints written since stop 42; None in older ones): the current stage's early
+"""``stopping`` (None in checkpoints written before 2026-12-08): the current stage's early
 stopping inputs, ``patience``, ``min_epochs``, ``max_epochs``, and ``stages`` (how many the
 method has), from which ``--plan`` bounds the epochs still to go (:func:`min_epochs_left`)."""
 

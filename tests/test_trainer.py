@@ -94,7 +94,7 @@ def test_min_epochs_left_follows_the_stopping_rule():
     assert at(40, 50) == 0  # already out of patience: the next epoch check stops it
     assert at(44, 18, patience=30, min_epochs=100) == 56  # DNR may not stop before its switch epoch T + 1
     assert at(190, 0) == 10  # the epoch cap comes first
-    assert min_epochs_left({"epoch": 3, "stale": 0, "stopping": None}) is None  # a checkpoint from before stop 42
+    assert min_epochs_left({"epoch": 3, "stale": 0, "stopping": None}) is None  # an older checkpoint: no rule recorded
 
 
 def test_interrupted_run_resumes_to_identical_result(tiny_spec, splits, tmp_path):
