@@ -186,7 +186,8 @@ def plan_text(runs: list["runner.PlannedRun"], results_dir: Path) -> str:
         if known:
             parts.append(f"~{_duration(sum(known))} for the {len(known)} runs with a finished seed to go by")
         if bounded:
-            parts.append(f"at least {_duration(sum(bounded))} for the {len(bounded)} resumed runs without one")
+            parts.append(f"at least {_duration(sum(bounded))} for the {len(bounded)} resumed runs "
+                         "with no finished seed")
         if unknown:
             parts.append(f"{unknown} without an estimate")
         lines.append("still to go on one lane: " + "; ".join(parts))

@@ -144,7 +144,7 @@ def test_plan_reports_each_state_and_trains_nothing(run_cli, tmp_path):
     assert "≥10 min" in rows[("dnr-b", "0")] and "at least 10 more epochs at 60 s" in rows[("dnr-b", "0")], out
     assert "new" in rows[("dnr-b", "4")] and "~11 min" in rows[("prm", "4")]
     assert ("~11 min for the 1 runs with a finished seed to go by; at least 10 min for the 1 resumed runs "
-            "without one; 1 without an estimate") in out, out
+            "with no finished seed; 1 without an estimate") in out, out
 
 
 def test_lane_eta_uses_finished_seeds_and_falls_back_to_the_lane_mean(tmp_path):
