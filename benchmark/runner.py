@@ -187,9 +187,10 @@ def planned_run(spec: RunSpec, opts: RunOptions) -> PlannedRun:
         estimate = None if estimate is None else max(estimate - done_s, 0.0)
         left = min_epochs_left(ckpt)
         if estimate is None and left is not None and ckpt.get("epochs_run"):
-            at_least, estimate = True, left * done_s / ckpt["epochs_run"]
+            per_epoch = done_s / ckpt["epochs_run"]
+            at_least, estimate = True, left * per_epoch
             later = ckpt["stopping"]["stages"] - ckpt["stage"] - 1
-            detail += (f"; at least {left} more epoch{'s' * (left != 1)} at {done_s / ckpt['epochs_run']:.0f} s"
+            detail += (f"; at least {left} more epoch{'s' * (left != 1)} at {per_epoch:.0f} s"
                        + (f", then {later} more stage{'s' * (later > 1)}" if later > 0 else ""))
     elif record.get("status") == "failed":
         state, detail = "retry", f"last attempt failed: {record.get('error')}"
